@@ -1,0 +1,89 @@
+"""Attention rollout: known answers, matrix == vector, batching."""
+
+import pytest
+import torch
+
+from tokbench.rollout import fuse_heads, residual_normalize, rollout_matrix, rollout_vector
+
+
+def _random_attn(b=2, h=3, n=7, gen=None):
+    return torch.randn(b, h, n, n, generator=gen).softmax(dim=-1)
+
+
+def test_fuse_heads_known_values():
+    attn = torch.tensor([[[[0.2, 0.8]], [[0.6, 0.4]]]])  # [B=1, H=2, 1, 2]
+    assert torch.allclose(fuse_heads(attn, "mean"), torch.tensor([[[0.4, 0.6]]]))
+    rms = torch.tensor([[[(0.04 + 0.36) / 2, (0.64 + 0.16) / 2]]]).sqrt()
+    assert torch.allclose(fuse_heads(attn, "rms"), rms)
+    assert torch.allclose(fuse_heads(attn, "max"), torch.tensor([[[0.6, 0.8]]]))
+    assert torch.allclose(fuse_heads(attn, "min"), torch.tensor([[[0.2, 0.4]]]))
+    with pytest.raises(ValueError):
+        fuse_heads(attn, "median")
+
+
+def test_residual_normalize_hand_computed():
+    fused = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]])
+    expected = torch.tensor([[[0.75, 0.25], [0.0, 1.0]]])
+    assert torch.allclose(residual_normalize(fused), expected)
+
+
+def test_rms_identity_weight_is_below_half():
+    fused = fuse_heads(_random_attn(), "rms")
+    a = residual_normalize(fused)
+    identity_weight = 1 / (1 + fused.sum(-1))  # row sums of rms-fused attention are >= 1
+    assert torch.allclose(a, (fused + torch.eye(7)) * identity_weight.unsqueeze(-1), atol=1e-6)
+    assert (identity_weight <= 0.5 + 1e-6).all()
+    assert torch.allclose(a.sum(-1), torch.ones(2, 7))
+
+
+def test_identity_attention_gives_identity_rollout():
+    eye = torch.eye(5).expand(2, 4, 5, 5)
+    assert torch.allclose(rollout_matrix([eye, eye, eye]), torch.eye(5).expand(2, 5, 5))
+    start = torch.tensor([[0.0, 2.0, 0.0, 2.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(rollout_vector([eye, eye], start), start / start.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("fusion", ["mean", "rms", "max", "min"])
+def test_rollout_rows_are_stochastic(fusion):
+    gen = torch.Generator().manual_seed(1)
+    rollout = rollout_matrix([_random_attn(gen=gen) for _ in range(4)], fusion)
+    assert torch.allclose(rollout.sum(-1), torch.ones(2, 7), atol=1e-6)
+    assert (rollout >= 0).all()
+
+
+def test_rollout_order_is_last_block_leftmost():
+    gen = torch.Generator().manual_seed(2)
+    attns = [_random_attn(gen=gen) for _ in range(3)]
+    a = [residual_normalize(fuse_heads(x, "rms")) for x in attns]
+    assert torch.allclose(rollout_matrix(attns), a[2] @ a[1] @ a[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "rms"])
+def test_matrix_and_vector_forms_agree(fusion):
+    gen = torch.Generator().manual_seed(3)
+    attns = [_random_attn(gen=gen) for _ in range(5)]
+    start = torch.rand(2, 7, generator=gen)
+    start = start / start.sum(1, keepdim=True)
+    from_matrix = torch.einsum("bij,bi->bj", rollout_matrix(attns, fusion), start)
+    from_matrix = from_matrix / from_matrix.sum(1, keepdim=True)
+    assert torch.allclose(rollout_vector(attns, start, fusion), from_matrix, atol=1e-6)
+
+
+def test_class_token_start_selects_the_class_row():
+    gen = torch.Generator().manual_seed(4)
+    attns = [_random_attn(gen=gen) for _ in range(3)]
+    start = torch.zeros(2, 7)
+    start[:, 0] = 1
+    expected = rollout_matrix(attns)[:, 0]
+    assert torch.allclose(rollout_vector(attns, start), expected / expected.sum(1, keepdim=True), atol=1e-6)
+
+
+def test_batch_of_two_equals_two_calls():
+    gen = torch.Generator().manual_seed(5)
+    attns = [_random_attn(gen=gen) for _ in range(3)]
+    start = torch.rand(2, 7, generator=gen)
+    both = rollout_vector(attns, start)
+    for i in range(2):
+        single = rollout_vector([a[i : i + 1] for a in attns], start[i : i + 1])
+        assert torch.allclose(both[i : i + 1], single, atol=1e-7)
+    assert torch.allclose(rollout_matrix(attns)[1:], rollout_matrix([a[1:] for a in attns]), atol=1e-7)

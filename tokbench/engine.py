@@ -1,0 +1,295 @@
+"""The per-clip streaming loop (method.md sections 1, 5, 6).
+
+One ``StreamingEngine`` runs a timm ViT frame by frame; everything that crosses frames lives in one
+``ClipState`` (previous heatmap, previous patch embeddings, K/V, attention-row and output buffers). Shapes:
+B clips in lockstep, N patches, P prefix tokens, N' = P + N, S = tokens in the sequence after the cut (P + n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from tokbench.config import MethodConfig
+from tokbench.rollout import fuse_heads, residual_normalize, rollout_vector_from, sum_normalize
+from tokbench.selection import reset_pattern_indices, rollout_keep_indices
+from tokbench.tracking import track_scores
+from tokbench.vit import ViTAdapter
+
+FULL, RESET, PRUNED = "full", "reset", "pruned"
+
+
+def frame_kind(t: int, reset_every: int) -> str:
+    """``full`` at t = 0, ``reset`` at ``t % k == 0`` (k > 0), otherwise ``pruned``."""
+    if t == 0:
+        return FULL
+    if reset_every > 0 and t % reset_every == 0:
+        return RESET
+    return PRUNED
+
+
+class Task(Protocol):
+    """What the engine needs from a task head."""
+
+    dense: bool  # dense output map: K/V reuse, output buffer, full resets
+
+    def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> Any:
+        """Predictions from the backbone output ``[B, S, C]`` (``S = N'`` for dense tasks)."""
+
+    def rollout_start(
+        self, predictions: Any, tokens: torch.Tensor, grid: tuple[int, int], num_prefix: int
+    ) -> torch.Tensor:
+        """Start weights ``[B, S]`` over the output tokens the head saw (class-token row, anchor mask, ...)."""
+
+
+@dataclass
+class ClipState:
+    """All cross-frame state of one clip (B samples in lockstep). Reset by making a new one."""
+
+    t: int = 0
+    heatmap: torch.Tensor | None = None  # s^{t-1} [B, N], untracked
+    embed: torch.Tensor | None = None  # z^{t-1} [B, N, C]
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V [B, H, N', Ch]
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> fused attention rows [B, N', N']
+    output: torch.Tensor | None = None  # last computed output of every position [B, N', C]
+
+
+@dataclass
+class FrameRecord:
+    """What one frame did."""
+
+    t: int
+    kind: str  # full | reset | pruned
+    kept: torch.Tensor | None  # [B, n] patch indices through the blocks after the cut; None = all N
+    num_kept: int  # n (patch tokens after the cut; prefix tokens not counted)
+    num_patches: int  # N
+    predictions: Any
+    heatmap: torch.Tensor | None = None  # s^t [B, N], the rollout of this frame
+    degenerate_heatmaps: int = 0  # samples whose rollout was all-zero / non-finite (replaced by uniform)
+
+
+def _seq_index(keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Sequence positions of prefix tokens + kept patches: ``[B, n]`` -> ``[B, P + n]``."""
+    prefix = torch.arange(num_prefix, device=keep.device).expand(keep.shape[0], num_prefix)
+    return torch.cat([prefix, keep + num_prefix], dim=1)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Pick positions ``idx [B, K]`` along ``dim`` of ``x [B, ..., S, ...]`` (same index for every head/channel)."""
+    shape = list(x.shape)
+    shape[dim] = idx.shape[1]
+    view = [idx.shape[0]] + [1] * (x.ndim - 1)
+    view[dim] = idx.shape[1]
+    return x.gather(dim, idx.view(view).expand(shape))
+
+
+def scatter_tokens(buf: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """In-place ``buf[b, ..., idx[b, j], ...] = src[b, ..., j, ...]``; returns ``buf``."""
+    view = [idx.shape[0]] + [1] * (buf.ndim - 1)
+    view[dim] = idx.shape[1]
+    return buf.scatter_(dim, idx.view(view).expand(src.shape), src)
+
+
+class StreamingEngine:
+    """Pruned (or dense) streaming inference of a timm ViT over clips."""
+
+    def __init__(self, model: nn.Module | ViTAdapter, config: MethodConfig, task: Task) -> None:
+        self.vit = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+        self.config = config
+        self.task = task
+        self.rollout = config.policy == "rgtp"
+        kv = config.kv_reuse
+        self.kv_reuse = task.dense if kv == "auto" else kv == "on"
+        mode = config.reset_mode
+        self.reset_mode = ("full" if task.dense else "pattern") if mode == "auto" else mode
+
+    def new_state(self) -> ClipState:
+        return ClipState()
+
+    def run_clip(self, frames: Iterable[torch.Tensor]) -> list[FrameRecord]:
+        """Run frames ``[B, 3, H, W]`` (an iterable, or a ``[T, B, 3, H, W]`` tensor) with fresh state."""
+        state = self.new_state()
+        return [self.step(frame, state) for frame in frames]
+
+    @torch.inference_mode()
+    def step(self, frames: torch.Tensor, state: ClipState) -> FrameRecord:
+        """Process frame ``t = state.t`` of every clip in the batch: ``frames [B, 3, H, W]``."""
+        vit, cfg = self.vit, self.config
+        kind = frame_kind(state.t, cfg.reset_every) if self.rollout else FULL
+        z, grid = vit.embed(frames)
+        x = vit.tokens(z, grid)
+        keep = seq = None
+        fused: dict[int, torch.Tensor] = {}
+        if cfg.cut == "input":
+            keep = self._select(kind, state, z, grid)
+            seq = None if keep is None else _seq_index(keep, vit.num_prefix)
+            x = x if seq is None else gather_tokens(x, seq)
+        for i, blk in enumerate(vit.blocks):
+            q, k, v = vit.qkv(blk, x)
+            if i == 0:
+                keys0 = k
+            if self.kv_reuse:
+                k, v = self._reuse_kv(state, i, seq, k, v)
+            out, probs = vit.attend(blk, q, k, v, need_probs=self.rollout)
+            if probs is not None:
+                fused[i] = fuse_heads(probs, cfg.head_fusion)
+            x = vit.attn_residual(blk, x, out)
+            if i == 0 and cfg.cut == "block0":
+                keep = self._select(kind, state, z, grid)
+                if keep is not None:
+                    seq = _seq_index(keep, vit.num_prefix)
+                    x = gather_tokens(x, seq)
+            x = vit.mlp_residual(blk, x)
+        x = vit.finish(x)
+        tokens = self._dense_output(state, x, seq) if self.task.dense else x
+        predictions = self.task.head(vit, tokens)
+        record = FrameRecord(
+            t=state.t,
+            kind=kind,
+            kept=keep,
+            num_kept=z.shape[1] if keep is None else keep.shape[1],
+            num_patches=z.shape[1],
+            predictions=predictions,
+        )
+        if self.rollout:
+            start = self.task.rollout_start(predictions, tokens, grid, vit.num_prefix)
+            record.heatmap, record.degenerate_heatmaps = self._heatmap(
+                state, kind, fused, start, seq, keep, keys0, z
+            )
+        state.heatmap, state.embed, state.t = record.heatmap, z, state.t + 1
+        return record
+
+    # -- selection -------------------------------------------------------------------------------------------
+
+    def _select(self, kind: str, state: ClipState, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+        """Kept patch indices ``[B, n]`` for this frame, or ``None`` to keep every patch."""
+        cfg = self.config
+        if kind == FULL or (kind == RESET and self.reset_mode == "full"):
+            return None
+        if kind == RESET:
+            pattern = reset_pattern_indices(grid, cfg.reset_pattern).to(z.device)
+            return pattern.expand(z.shape[0], -1)
+        scores = track_scores(
+            state.heatmap,
+            state.embed,
+            z,
+            grid,
+            cfg.window,
+            cfg.similarity,
+            bounds=cfg.track_bounds,
+            min_gain_pct=cfg.min_gain_pct,
+        )
+        return rollout_keep_indices(
+            scores, grid, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio, cfg.order, tie_break=cfg.tie_break
+        )
+
+    # -- dense-task context: K/V reuse and the output buffer --------------------------------------------------
+
+    def _reuse_kv(
+        self, state: ClipState, block: int, seq: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refresh the block's K/V buffer at the computed positions; return the full ``[B, H, N', Ch]`` K, V."""
+        if seq is None:
+            state.kv[block] = (k, v)
+            return k, v
+        kbuf, vbuf = state.kv[block]
+        return scatter_tokens(kbuf, seq, k, dim=2), scatter_tokens(vbuf, seq, v, dim=2)
+
+    def _dense_output(self, state: ClipState, x: torch.Tensor, seq: torch.Tensor | None) -> torch.Tensor:
+        """Fill pruned positions from the output buffer: ``x [B, S, C]`` -> ``[B, N', C]``."""
+        state.output = x if seq is None else scatter_tokens(state.output, seq, x)
+        return state.output
+
+    # -- rollout ------------------------------------------------------------------------------------------------
+
+    def _heatmap(
+        self,
+        state: ClipState,
+        kind: str,
+        fused: dict[int, torch.Tensor],
+        start: torch.Tensor,
+        seq: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        keys0: torch.Tensor,
+        z: torch.Tensor,
+    ) -> tuple[torch.Tensor, int]:
+        """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and the degenerate count."""
+        cfg, num_prefix = self.config, self.vit.num_prefix
+        if self.kv_reuse:
+            scores = self._rollout_buffered(state, fused, seq, start)
+        else:
+            scores = self._rollout_shrinking(fused, seq, start)
+        scores = scores[:, num_prefix:]
+        if scores.shape[1] < z.shape[1]:
+            scores = self._fill_pruned(kind, state, scores, keep, keys0, z)
+        bad = ~torch.isfinite(scores).all(dim=1) | (scores.sum(dim=1) <= 0)
+        if bad.any():
+            scores = torch.where(bad[:, None], torch.ones_like(scores), scores)
+        if cfg.rollout_norm == "sum":
+            scores = sum_normalize(scores)
+        return scores, int(bad.sum())
+
+    def _propagate(self, mats: list[torch.Tensor], start: torch.Tensor) -> torch.Tensor:
+        """``a_0^T ... a_L^T start`` in vector form, or via the rollout matrix (starting from I) in matrix form."""
+        if self.config.rollout_form == "vector":
+            return rollout_vector_from(mats, start)
+        rollout = torch.eye(mats[0].shape[-1], dtype=start.dtype, device=start.device).expand_as(mats[0])
+        for a in mats:
+            rollout = a @ rollout
+        return torch.einsum("bij,bi->bj", rollout, start)
+
+    def _rollout_buffered(
+        self, state: ClipState, fused: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
+    ) -> torch.Tensor:
+        """K/V-reuse rollout: kept query rows refresh per-block ``[B, N', N']`` row buffers. -> ``[B, N']``."""
+        mats = []
+        for block, rows in fused.items():
+            if rows.shape[1] == rows.shape[2]:
+                state.rows[block] = rows
+            else:
+                scatter_tokens(state.rows[block], seq, rows)
+            mats.append(residual_normalize(state.rows[block]))
+        return self._propagate(mats, start)
+
+    def _rollout_shrinking(
+        self, fused: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
+    ) -> torch.Tensor:
+        """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``) -> ``[B, S]`` or ``[B, N']``.
+
+        Blocks after the cut roll out over the kept tokens; block 0's full matrix is cut to the kept rows and
+        (``block0_columns=cut``) columns, or keeps all columns (``keep``: every position gets a computed score).
+        """
+        if seq is not None and start.shape[1] != seq.shape[1]:  # dense task without K/V reuse: kept anchors only
+            start = gather_tokens(start, seq)
+            start = torch.where(start.sum(1, keepdim=True) > 0, start, torch.ones_like(start))
+            start = start / start.sum(1, keepdim=True)
+        first = fused[0]
+        mats = [residual_normalize(fused[b]) for b in sorted(fused) if b > 0]
+        v = self._propagate(mats, start) if mats else start
+        a0 = residual_normalize(first)
+        if seq is not None and a0.shape[1] != seq.shape[1]:  # block-0 cut: a0 is [B, N', N']
+            a0 = gather_tokens(a0, seq, dim=1)
+            if self.config.block0_columns == "cut":
+                a0 = gather_tokens(a0, seq, dim=2)
+        return torch.einsum("bij,bi->bj", a0, v)
+
+    def _fill_pruned(
+        self,
+        kind: str,
+        state: ClipState,
+        kept_scores: torch.Tensor,
+        keep: torch.Tensor,
+        keys0: torch.Tensor,
+        z: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores for all N patches from scores of the kept ones (``kept_scores [B, n]``) -> ``[B, N]``."""
+        if self.config.pruned_score_fill == "previous" and kind == PRUNED:
+            return scatter_tokens(state.heatmap.clone(), keep, kept_scores)
+        # nearest kept patch by block 0's head-averaged keys; raw patch embeddings when block 0 itself was pruned
+        feats = self.vit.block0_keys(keys0) if self.config.cut == "block0" else z
+        nearest = torch.einsum("bnc,bkc->bnk", feats, gather_tokens(feats, keep)).argmax(dim=-1)
+        return scatter_tokens(kept_scores.gather(1, nearest), keep, kept_scores)
