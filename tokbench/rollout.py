@@ -117,3 +117,43 @@ def uniform_start(mask: torch.Tensor) -> torch.Tensor:
     empty = m.sum(dim=-1, keepdim=True) == 0
     m = torch.where(empty, torch.ones_like(m), m)
     return m / m.sum(dim=-1, keepdim=True)
+
+
+def anchor_mask(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    grid: tuple[int, int],
+    input_size: tuple[int, int],
+    score_thr: float = 0.1,
+    clip_end: str = "g_minus_1",
+) -> torch.Tensor:
+    """Detection anchors of one frame on the token grid (method.md section 2.5), unnormalised.
+
+    Boxes with ``score > score_thr`` are scaled to grid units (x by ``w / W_in``, y by ``h / H_in``); ``x1, y1``
+    are floored and ``x2, y2`` ceiled, then clipped to ``[0, g - 1]`` (reference) or, with ``clip_end="g"``,
+    ``x2, y2`` to ``[0, g]`` so boxes touching the far edge keep their last row/column. Cells
+    ``[y1, y2) x [x1, x2)`` of every box are marked.
+
+    Args:
+        boxes: ``[M, 4]`` xyxy in network-input pixels; scores: ``[M]``.
+        grid: ``(h, w)``; input_size: ``(H_in, W_in)`` pixels.
+    Returns:
+        ``[h * w]`` bool mask (possibly empty).
+    """
+    h, w = grid
+    mask = torch.zeros(h, w, dtype=torch.bool, device=boxes.device)
+    sel = boxes[scores > score_thr]
+    if sel.numel() == 0:
+        return mask.reshape(-1)
+    scale = torch.tensor([w / input_size[1], h / input_size[0]] * 2, device=boxes.device)
+    cells = sel * scale
+    lo, hi = cells[:, :2].floor().long(), cells[:, 2:].ceil().long()
+    end = torch.tensor([w, h], device=boxes.device) - (1 if clip_end == "g_minus_1" else 0)
+    lo = torch.minimum(lo.clamp_min(0), torch.tensor([w - 1, h - 1], device=boxes.device))
+    hi = torch.minimum(hi.clamp_min(0), end)
+    ys = torch.arange(h, device=boxes.device).view(1, h, 1)
+    xs = torch.arange(w, device=boxes.device).view(1, 1, w)
+    inside = (ys >= lo[:, 1, None, None]) & (ys < hi[:, 1, None, None]) & (xs >= lo[:, 0, None, None]) & (
+        xs < hi[:, 0, None, None]
+    )
+    return inside.any(dim=0).reshape(-1)

@@ -129,7 +129,7 @@ def rollout_keep_indices(
         raise ConfigError(f"unknown sampling order {order!r}; choose from {', '.join(ORDERS)}")
     if tie_break not in TIE_BREAKS:
         raise ConfigError(f"unknown tie break {tie_break!r}; choose from {', '.join(TIE_BREAKS)}")
-    n_tokens = scores.shape[-1]
+    n_tokens = int(scores.shape[-1])
     if grid[0] * grid[1] != n_tokens:
         raise ConfigError(f"grid {grid} does not match {n_tokens} scores")
     kept_count(n_tokens, keep_ratio, fg_ratio, bg_ratio)  # validates

@@ -1,0 +1,106 @@
+"""Benchmark models, detection anchors, metrics, and a seconds-long training smoke test."""
+
+import pytest
+import torch
+
+from tokbench.config import MethodConfig
+from tokbench.engine import StreamingEngine
+from tokbench.metrics import kl_to_dense, map50, top1, top1_agreement
+from tokbench.models.action import ActionSpec, SpatialStepTask, ViViTFactorised
+from tokbench.models.centre_loss import centre_targets, detection_loss
+from tokbench.models.detector import DetectionTask, DetectorSpec, ViTDetector, decode
+from tokbench.rollout import anchor_mask
+
+SMALL_DET = DetectorSpec(img_size=64, depth=2, embed_dim=64, num_heads=2, head_dim=32)
+
+
+def test_detector_shapes_and_decoding():
+    model = ViTDetector(SMALL_DET).eval()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["heat"].shape == (2, 6, 4, 4) and out["size"].shape == (2, 2, 4, 4)
+    dets = decode(out, 16, 5)
+    assert len(dets) == 2 and dets[0]["boxes"].shape == (5, 4) and dets[0]["labels"].max() < 6
+
+
+def test_decoding_recovers_a_planted_box():
+    heat = torch.full((1, 6, 4, 4), -10.0)
+    heat[0, 3, 1, 2] = 5.0
+    size = torch.zeros(1, 2, 4, 4)
+    size[0, :, 1, 2] = torch.tensor([2.0, 1.0]).log()  # 32 x 16 px
+    offset = torch.full((1, 2, 4, 4), 0.5)
+    det = decode({"heat": heat, "size": size, "offset": offset}, 16, 1)[0]
+    assert det["labels"].tolist() == [3]
+    assert torch.allclose(det["boxes"][0], torch.tensor([24.0, 16.0, 56.0, 32.0]))
+
+
+def test_anchor_mask_scaling_clipping_and_threshold():
+    boxes = torch.tensor([[16.0, 0.0, 40.0, 20.0], [0.0, 0.0, 64.0, 64.0]])
+    mask = anchor_mask(boxes, torch.tensor([0.9, 0.1]), (4, 4), (64, 64), score_thr=0.1).reshape(4, 4)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0:2, 1:3] = True  # x 1..2.5 -> [1, 3), y 0..1.25 -> [0, 2); the 0.1 box is not strictly above
+    assert torch.equal(mask, expected)
+    edge = torch.tensor([[48.0, 48.0, 64.0, 64.0]])
+    assert not anchor_mask(edge, torch.tensor([1.0]), (4, 4), (64, 64)).any()  # reference clip to g-1 empties it
+    assert anchor_mask(edge, torch.tensor([1.0]), (4, 4), (64, 64), clip_end="g").reshape(4, 4)[3, 3]
+    wide = anchor_mask(torch.tensor([[0.0, 0.0, 32.0, 16.0]]), torch.tensor([1.0]), (2, 4), (32, 64))
+    assert wide.reshape(2, 4)[0].tolist() == [True, True, False, False]  # x scaled by w / W_in, y by h / H_in
+
+
+def test_detection_task_start_vectors_never_nan():
+    model = ViTDetector(SMALL_DET).eval()
+    task = DetectionTask(model, score_thr=2.0)  # no box passes: uniform over patches
+    dets = [{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)}]
+    start = task.rollout_start(dets, torch.zeros(1, 16, 8), (4, 4), 0)
+    assert torch.allclose(start, torch.full((1, 16), 1 / 16))
+    config = MethodConfig(keep_ratio=0.25, reset_every=0)
+    records = StreamingEngine(model.backbone, config, DetectionTask(model)).run_clip([torch.randn(1, 3, 64, 64)] * 3)
+    assert [r.num_kept for r in records] == [16, 4, 4]
+    assert all(torch.isfinite(r.heatmap).all() for r in records)
+
+
+def test_action_model_shapes_and_engine_steps():
+    spec = ActionSpec(num_frames=4, img_size=32, depth=2, embed_dim=64, num_heads=2, temporal_depth=1)
+    model = ViViTFactorised(spec).eval()
+    clips = torch.randn(2, 4, 3, 32, 32)
+    assert model(clips).shape == (2, 8)
+    config = MethodConfig(keep_ratio=1.0)
+    engine = StreamingEngine(model.spatial, config, SpatialStepTask())
+    steps = torch.stack([r.predictions for r in engine.run_clip(clips.transpose(0, 1))], dim=1)
+    assert torch.allclose(model.temporal(steps), model(clips), atol=1e-5)
+
+
+def test_map50_known_answers():
+    target = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])}]
+    hit = [{"boxes": torch.tensor([[1.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1])}]
+    miss = [{"boxes": torch.tensor([[20.0, 20.0, 30.0, 30.0]]), "scores": torch.tensor([0.9]),
+             "labels": torch.tensor([1])}]
+    assert map50(hit, target) == pytest.approx(100.0)
+    assert map50(miss, target) == pytest.approx(0.0)
+
+
+def test_classification_metrics():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    assert top1(logits, torch.tensor([0, 1, 1])) == pytest.approx(200 / 3)
+    assert top1_agreement(logits, logits) == 100.0
+    assert kl_to_dense(logits, logits) == pytest.approx(0.0, abs=1e-7)
+    assert kl_to_dense(logits, logits.flip(1)) > 0
+
+
+def test_detector_training_loss_falls():
+    torch.manual_seed(0)
+    from tokbench.data import detection_frames
+
+    model = ViTDetector(SMALL_DET).train()
+    batch = list(detection_frames("train", n=8, seed=0, size=64))
+    images = torch.stack([f for f, _ in batch])
+    target = centre_targets([t for _, t in batch], (4, 4), 16, 6)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        loss = detection_loss(model(images), target)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]

@@ -1,0 +1,143 @@
+"""A grid over method knobs on the embedded benchmark: one row per configuration x sampling, written as it ends."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tokbench.benchmark import run_action, run_detection
+from tokbench.config import MethodConfig
+from tokbench.data import SyntheticAction, SyntheticDetection
+from tokbench.engine import FULL, PRUNED, RESET, StreamingEngine
+from tokbench.errors import ConfigError
+from tokbench.frame_flops import frame_costs
+from tokbench.models import load_shipped, model_card
+from tokbench.models.action import SpatialStepTask
+from tokbench.models.detector import DetectionTask
+from tokbench.results import append_row, config_id, finished_ids, prepare_out_dir, provenance, write_meta
+
+GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
+DEFAULT_MODEL = {"detect": "synthvid-det", "action": "synthaction-vivit"}
+
+
+@dataclass
+class AblationSpec:
+    """What to run: lists per knob (``None`` = the method default), plus data limits."""
+
+    task: str = "detect"
+    knobs: dict[str, list] = field(default_factory=dict)
+    sampling: list[int] = field(default_factory=lambda: [1, 4])
+    preset: str = "default"
+    model: str | None = None
+    clips: int = 32
+    frames: int | None = None
+    seed: int = 0
+
+
+def expand(spec: AblationSpec) -> list[MethodConfig]:
+    """Cartesian product of the knob lists; a dense row is added once (knobs other than policy do not apply)."""
+    lists = {k: v for k, v in spec.knobs.items() if v}
+    policies = lists.pop("policy", ["rgtp"])
+    configs = []
+    if "dense" in policies or policies == ["rgtp"]:
+        configs.append(MethodConfig.from_preset(spec.preset, policy="dense", seed=spec.seed))
+    names = list(lists)
+    for policy in [p for p in policies if p != "dense"]:
+        for values in itertools.product(*(lists[n] for n in names)):
+            knobs = dict(zip(names, values, strict=True))
+            configs.append(MethodConfig.from_preset(spec.preset, policy=policy, seed=spec.seed, **knobs))
+    return configs
+
+
+def _engine(model, task: str, config: MethodConfig) -> StreamingEngine:
+    if task == "detect":
+        det_task = DetectionTask(model, config.anchor_score_thr, config.anchor_clip_end, config.anchor_fallback)
+        return StreamingEngine(model.backbone, config, det_task)
+    return StreamingEngine(model.spatial, config, SpatialStepTask())
+
+
+def _dataset(task: str, clips: int, seed: int):
+    if task == "detect":
+        return SyntheticDetection("val", num_clips=clips, seed=seed)
+    return SyntheticAction("val", num_clips=clips, seed=seed)
+
+
+def run_ablation(
+    spec: AblationSpec,
+    out: Path,
+    *,
+    on_row: Callable[[dict], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
+    on_config: Callable[[str, int], None] | None = None,
+) -> list[dict]:
+    """Run every configuration not yet in ``out/rows.csv``; returns the rows written in this call."""
+    if spec.task not in DEFAULT_MODEL:
+        raise ConfigError(f"task must be 'detect' or 'action', got {spec.task!r}")
+    if any(s < 1 for s in spec.sampling):
+        raise ConfigError(f"frame strides must be >= 1, got {spec.sampling}")
+    prepare_out_dir(out)
+    model_name = spec.model or DEFAULT_MODEL[spec.task]
+    model = load_shipped(model_name)
+    dataset = _dataset(spec.task, spec.clips, spec.seed)
+    configs = expand(spec)
+    write_meta(out, provenance(
+        command="ablate", task=spec.task, model=model_name, model_card=model_card(model_name),
+        data=dataset.spec() | {"clips_used": spec.clips, "frames_per_clip_limit": spec.frames},
+        sampling=spec.sampling, seeds={"data": spec.seed, "method": spec.seed},
+        configurations=[c.as_dict() for c in configs], convention="fvcore (1 multiply-add = 1 MAC; attention counted)",
+    ))
+    rows_csv = out / "rows.csv"
+    done = finished_ids(rows_csv)
+    sample = dataset[0].frames[:1]
+    sample = (sample - 0.5) / 0.25
+    runner = run_detection if spec.task == "detect" else run_action
+    written = []
+    for config in configs:
+        costs = frame_costs(_engine(model, spec.task, config), sample)
+        for sampling in spec.sampling:
+            resolved = config.as_dict() | {"sampling": sampling, "task": spec.task, "model": model_name,
+                                           "clips": spec.clips, "frames": spec.frames}
+            cid = config_id(resolved)
+            if cid in done:
+                continue
+            if on_config:
+                on_config(f"{config.policy} r={config.window} 1/{sampling}", spec.clips)
+            row = {"config_id": cid, **resolved, "convention": "fvcore"}
+            start = time.perf_counter()
+            try:
+                torch.manual_seed(config.seed)
+                result = runner(model, dataset, config, sampling=sampling, max_clips=spec.clips,
+                                max_frames=spec.frames, progress=on_frames)
+                row |= _cost_columns(costs, result.summary) | result.summary | {"error": ""}
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # a failed configuration becomes a row, the grid goes on
+                row |= {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=3)}
+            row["wall_s"] = round(time.perf_counter() - start, 2)
+            append_row(rows_csv, row)
+            written.append(row)
+            if on_row:
+                on_row(row)
+    return written
+
+
+def _cost_columns(costs: dict, summary: dict) -> dict:
+    """Per-kind GMACs and the schedule average over all frames (first and reset frames included)."""
+    full = costs[FULL].gmacs
+    per_kind = {FULL: full, RESET: costs.get(RESET, costs[FULL]).gmacs, PRUNED: costs.get(PRUNED, costs[FULL]).gmacs}
+    counts = {FULL: summary["frames_full"], RESET: summary["frames_reset"], PRUNED: summary["frames_pruned"]}
+    total = sum(per_kind[k] * counts[k] for k in per_kind)
+    return {
+        "gmacs_per_frame": round(total / max(1, summary["frames"]), 5),
+        "gmacs_full": round(full, 5),
+        "gmacs_pruned": round(per_kind[PRUNED], 5) if PRUNED in costs else None,
+        "gmacs_reset": round(per_kind[RESET], 5) if RESET in costs else None,
+        "overhead_gmacs_tracking": round(costs[PRUNED].overhead_gmacs_tracking, 6) if PRUNED in costs else 0.0,
+        "keep_tokens": costs[PRUNED].kept_tokens if PRUNED in costs else costs[FULL].kept_tokens,
+    }

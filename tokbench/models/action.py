@@ -1,0 +1,102 @@
+"""The benchmark action model: a ViViT-style factorised encoder built from timm parts.
+
+A spatial timm ViT (with class token; RGTP prunes here, seeded by its class token) runs on every frame; a small
+temporal transformer over the per-frame class-token outputs (plus its own class token) and a linear classifier
+decide the class. Shapes: B clips, T frames, C channels, K classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tokbench import compat
+from tokbench.vit import ViTAdapter
+
+compat.ensure_torchvision()
+
+from timm.models.vision_transformer import Block, VisionTransformer  # noqa: E402
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """Architecture of the benchmark action model (stored in the model card)."""
+
+    num_classes: int = 8
+    num_frames: int = 16
+    img_size: int = 160
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 4
+    num_heads: int = 3
+    temporal_depth: int = 2
+
+
+def normalize(frames: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` in [0, 1] -> network input."""
+    mean = torch.tensor(MEAN, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=frames.device).view(3, 1, 1)
+    return (frames - mean) / std
+
+
+class TemporalEncoder(nn.Module):
+    """``[B, T, C]`` per-frame class tokens -> logits ``[B, K]`` (own class token, learned time embedding)."""
+
+    def __init__(self, spec: ActionSpec) -> None:
+        super().__init__()
+        c = spec.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.time_embed = nn.Parameter(torch.randn(1, spec.num_frames + 1, c) * 0.02)
+        self.blocks = nn.Sequential(*[Block(c, spec.num_heads) for _ in range(spec.temporal_depth)])
+        self.norm = nn.LayerNorm(c)
+        self.head = nn.Linear(c, spec.num_classes)
+
+    def forward(self, steps: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls_token.expand(steps.shape[0], -1, -1), steps], dim=1)
+        x = self.blocks(x + self.time_embed[:, : x.shape[1]])
+        return self.head(self.norm(x[:, 0]))
+
+
+class ViViTFactorised(nn.Module):
+    """Spatial timm ViT per frame + temporal encoder. ``forward(clips [B, T, 3, H, W])`` -> ``[B, K]``."""
+
+    def __init__(self, spec: ActionSpec = ActionSpec()) -> None:
+        super().__init__()
+        self.spec = spec
+        self.spatial = VisionTransformer(
+            img_size=spec.img_size,
+            patch_size=spec.patch_size,
+            embed_dim=spec.embed_dim,
+            depth=spec.depth,
+            num_heads=spec.num_heads,
+            num_classes=0,
+        )
+        self.temporal = TemporalEncoder(spec)
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> class-token output ``[B, C]``."""
+        return self.spatial.forward_head(self.spatial.forward_features(frames), pre_logits=True)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t = clips.shape[:2]
+        steps = self.frame_features(clips.flatten(0, 1)).view(b, t, -1)
+        return self.temporal(steps)
+
+
+class SpatialStepTask:
+    """Engine task for the spatial model: per-frame class-token features, rollout seeded by the class token."""
+
+    dense = False
+
+    def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> torch.Tensor:
+        """Pruned output ``[B, P + n, C]`` -> pooled pre-logits ``[B, C]``."""
+        return vit.model.forward_head(tokens, pre_logits=True)
+
+    def rollout_start(self, predictions, tokens, grid, num_prefix) -> torch.Tensor:
+        start = torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
+        start[:, 0] = 1
+        return start
