@@ -81,11 +81,11 @@ def run_ablation(
         raise ConfigError(f"task must be 'detect' or 'action', got {spec.task!r}")
     if any(s < 1 for s in spec.sampling):
         raise ConfigError(f"frame strides must be >= 1, got {spec.sampling}")
+    configs = expand(spec)
     prepare_out_dir(out)
     model_name = spec.model or DEFAULT_MODEL[spec.task]
     model = load_shipped(model_name)
     dataset = _dataset(spec.task, spec.clips, spec.seed)
-    configs = expand(spec)
     write_meta(out, provenance(
         command="ablate", task=spec.task, model=model_name, model_card=model_card(model_name),
         data=dataset.spec() | {"clips_used": spec.clips, "frames_per_clip_limit": spec.frames},

@@ -1,0 +1,202 @@
+"""The tokbench command line. Thin commands: parse, delegate, print. No torch import at module level."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+import tokbench
+from tokbench.errors import TokbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark token pruning on timm video ViTs.")
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class Task(str, Enum):
+    detect = "detect"
+    action = "action"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"tokbench {tokbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """tokbench: what does pruning tokens buy on a video ViT? GMACs, wall-clock, accuracy."""
+
+
+@app.command()
+def models() -> None:
+    """List the shipped benchmark models and their dense validation metric."""
+    from tokbench.models import SHIPPED, model_card
+
+    for name, task in SHIPPED.items():
+        try:
+            metric = model_card(name)["val_metric"]
+            value = f"{metric['name']} {metric['value']} ({metric['clips']} val clips)"
+            console.print(f"{name:20s} {task:7s} dense {value}")
+        except TokbenchError as err:
+            console.print(f"{name:20s} {task:7s} ({err})")
+
+
+@app.command()
+def datasets() -> None:
+    """List the embedded benchmarks (generated on the fly; nothing is downloaded)."""
+    from tokbench.data import SyntheticAction, SyntheticDetection
+
+    for name, data in (("synthvid", SyntheticDetection("val")), ("synthaction", SyntheticAction("val"))):
+        console.print(f"{name:12s} {len(data)} val clips x {data.num_frames} frames at {data.size}px; "
+                      f"classes: {', '.join(data.class_names)}")
+
+
+@app.command()
+def train(
+    task: Annotated[Task, typer.Argument(help="Which benchmark model to train.")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, help="Frames (detect) or clips (action) per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, cosine decay).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed for weights and training data.")] = 0,
+    out: Annotated[Path, typer.Option(help="Where to write <model>.safetensors and its JSON card.")] = Path("weights"),
+) -> None:
+    """Train a benchmark model on full frames (seeded; progress bar; final validation line)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tokbench import train as training
+
+    command = "tokbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    fn = training.train_detector if task == Task.detect else training.train_action
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                  TimeRemainingColumn(), console=err_console) as bar:
+        job = bar.add_task(f"train {task.value}", total=steps, loss="")
+        card = fn(steps=steps, batch=batch, lr=lr, seed=seed, out=out, command=command,
+                  progress=lambda s, n, losses: bar.update(job, completed=s, loss=f"loss {losses['loss']:.3f}"))
+    metric = card["val_metric"]
+    console.print(f"validation: dense {metric['name']} = {metric['value']:.2f} on {metric['clips']} val clips; "
+                  f"weights in {out}")
+
+
+@app.command()
+def ablate(
+    window: Annotated[list[int] | None, typer.Option(help="Tracking window radii r.")] = None,
+    keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
+    reset: Annotated[list[int] | None, typer.Option(help="Reset interval k (0 = never).")] = None,
+    head_fusion: Annotated[list[str] | None, typer.Option(help="mean | rms | max | min")] = None,
+    similarity: Annotated[list[str] | None, typer.Option(help="dot | cosine")] = None,
+    fg_ratio: Annotated[list[float] | None, typer.Option(help="Foreground sample ratio phi.")] = None,
+    bg_ratio: Annotated[list[float] | None, typer.Option(help="Background sample ratio beta.")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="rgtp | dense")] = None,
+    sampling: Annotated[list[int] | None, typer.Option(help="Frame strides (1 = every frame).")] = None,
+    task: Annotated[Task, typer.Option(help="Benchmark task.")] = Task.detect,
+    model: Annotated[str | None, typer.Option(help="Shipped model name.")] = None,
+    preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
+    videos: Annotated[int, typer.Option(min=1, help="Validation clips to run.")] = 32,
+    frames: Annotated[int | None, typer.Option(min=1, help="At most this many (sampled) frames per clip.")] = None,
+    seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder (rows.csv, ablation.md/png, meta.json).")] = Path(
+        "results"
+    ),
+) -> None:
+    """Run a grid over method knobs; by default the paper's window ablation at ~11 % kept tokens, k = 8."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tokbench.ablate import AblationSpec, run_ablation
+    from tokbench.report import markdown, window_plot
+
+    if keep:
+        for k in keep:
+            if k <= 0 or (k > 1 and k != int(k)):
+                raise TokbenchError(f"keep must be a ratio in (0, 1] or a whole token count, got {k}")
+    num_patches = 400 if task == Task.detect else 100
+    keep_ratios = [k if k <= 1 else k / num_patches for k in keep] if keep else [0.111]
+    spec = AblationSpec(
+        task=task.value,
+        knobs={"window": window or [0, 1, 2, 3], "keep_ratio": keep_ratios, "reset_every": reset or [8],
+               "head_fusion": head_fusion, "similarity": similarity, "fg_ratio": fg_ratio, "bg_ratio": bg_ratio,
+               "policy": policy},
+        sampling=sampling or [1, 4], preset=preset, model=model, clips=videos, frames=frames, seed=seed,
+    )
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console)
+    job = bar.add_task("frames", total=None)
+
+    def on_config(label: str, clips: int) -> None:
+        bar.start()  # only once a configuration runs, so input errors print nothing but their line
+        bar.update(job, description=label, completed=0)
+
+    try:
+        run_ablation(spec, out, on_frames=lambda n: bar.advance(job, n), on_config=on_config)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    metric = "map50" if task == Task.detect else "top1"
+    text = markdown(out, metric)
+    (out / "ablation.md").write_text(text)
+    window_plot(out, out / "ablation.png", metric)
+    console.print(text)
+    console.print(f"wrote {out / 'rows.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}, {out / 'meta.json'}")
+
+
+@app.command()
+def run(
+    task: Annotated[Task, typer.Option(help="Benchmark task.")] = Task.detect,
+    window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
+    keep: Annotated[float, typer.Option(help="Keep ratio in (0, 1].")] = 0.111,
+    reset: Annotated[int, typer.Option(min=0, help="Reset interval k.")] = 8,
+    policy: Annotated[str, typer.Option(help="rgtp | dense")] = "rgtp",
+    sampling: Annotated[int, typer.Option(min=1, help="Frame stride.")] = 1,
+    videos: Annotated[int, typer.Option(min=1, help="Validation clips.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
+) -> None:
+    """Run one configuration; per-frame JSON lines, then a summary line."""
+    from tokbench.ablate import DEFAULT_MODEL, _dataset
+    from tokbench.benchmark import run_action, run_detection
+    from tokbench.config import MethodConfig
+    from tokbench.models import load_shipped
+
+    config = MethodConfig(policy=policy, window=window, keep_ratio=keep, reset_every=reset)
+    model = load_shipped(DEFAULT_MODEL[task.value])
+    runner = run_detection if task == Task.detect else run_action
+    result = runner(model, _dataset(task.value, videos, 0), config, sampling=sampling, max_clips=videos)
+    lines = [json.dumps(r) for r in result.frames] + [json.dumps({"summary": result.summary})]
+    if out:
+        out.write_text("\n".join(lines) + "\n")
+        console.print(json.dumps(result.summary))
+    else:
+        print("\n".join(lines))
+
+
+def main() -> None:
+    """Console entry point: domain errors become one red line on stderr and exit code 1."""
+    try:
+        sys.exit(app(standalone_mode=False) or 0)
+    except TokbenchError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError, PermissionError) as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished rows are kept, run the same command to resume")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as err:  # usage errors (click's, or typer's bundled click) arrive here
+        show, code = getattr(err, "show", None), getattr(err, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        raise
