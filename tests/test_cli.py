@@ -289,3 +289,12 @@ def test_expand_policies():
     assert [c.policy for c in expand(AblationSpec(knobs={"window": [0, 1], "policy": ["dense"]}))] == ["dense"]
     both = expand(AblationSpec(knobs={"window": [0, 1], "policy": ["rgtp", "dense"]}))
     assert [c.policy for c in both] == ["dense", "rgtp", "rgtp"]
+
+
+def test_list_options_take_space_separated_values():
+    from tokbench.cli import expand_list_options
+
+    assert expand_list_options(["ablate", "--window", "0", "1", "2", "3", "--videos", "3"]) == [
+        "ablate", "--window", "0", "--window", "1", "--window", "2", "--window", "3", "--videos", "3"]
+    assert expand_list_options(["ablate", "--window", "-1", "--keep", "0.1", "0.2"]) == [
+        "ablate", "--window", "-1", "--keep", "0.1", "--keep", "0.2"]

@@ -146,7 +146,7 @@ def ablate(
     text = markdown(out, metric)
     (out / "ablation.md").write_text(text)
     window_plot(out, out / "ablation.png", metric)
-    console.print(text)
+    typer.echo(text)
     console.print(f"wrote {out / 'rows.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}, {out / 'meta.json'}")
 
 
@@ -179,10 +179,33 @@ def run(
         print("\n".join(lines))
 
 
+LIST_OPTIONS = frozenset(
+    ("--window", "--keep", "--reset", "--head-fusion", "--similarity", "--fg-ratio", "--bg-ratio", "--policy",
+     "--sampling")
+)
+
+
+def expand_list_options(argv: list[str]) -> list[str]:
+    """``--window 0 1 2`` -> ``--window 0 --window 1 --window 2`` (click options take one value each)."""
+    out: list[str] = []
+    current = None
+    for arg in argv:
+        is_value = not arg.startswith("-") or (len(arg) > 1 and (arg[1].isdigit() or arg[1] == "."))
+        if arg in LIST_OPTIONS:
+            current = arg
+            out.append(arg)
+        elif current and is_value and out[-1] != current:
+            out += [current, arg]
+        else:
+            current = current if (current and is_value) else None
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     """Console entry point: domain errors become one red line on stderr and exit code 1."""
     try:
-        sys.exit(app(standalone_mode=False) or 0)
+        sys.exit(app(args=expand_list_options(sys.argv[1:]), standalone_mode=False) or 0)
     except TokbenchError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False)
         sys.exit(1)
