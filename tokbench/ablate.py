@@ -20,6 +20,7 @@ from tokbench.frame_flops import frame_costs
 from tokbench.models import load_shipped, model_card
 from tokbench.models.action import SpatialStepTask
 from tokbench.models.detector import DetectionTask
+from tokbench.models.preprocess import normalize
 from tokbench.results import append_row, config_id, finished_ids, prepare_out_dir, provenance, write_meta
 
 GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
@@ -95,7 +96,7 @@ def run_ablation(
     rows_csv = out / "rows.csv"
     done = finished_ids(rows_csv)
     sample = dataset[0].frames[:1]
-    sample = (sample - 0.5) / 0.25
+    sample = normalize(sample)
     runner = run_detection if spec.task == "detect" else run_action
     written = []
     for config in configs:

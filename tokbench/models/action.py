@@ -13,13 +13,12 @@ import torch
 from torch import nn
 
 from tokbench import compat
+from tokbench.models.preprocess import normalize  # noqa: F401  (re-exported)
 from tokbench.vit import ViTAdapter
 
 compat.ensure_torchvision()
 
 from timm.models.vision_transformer import Block, VisionTransformer  # noqa: E402
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @dataclass(frozen=True)
@@ -34,13 +33,6 @@ class ActionSpec:
     depth: int = 4
     num_heads: int = 3
     temporal_depth: int = 2
-
-
-def normalize(frames: torch.Tensor) -> torch.Tensor:
-    """``[..., 3, H, W]`` in [0, 1] -> network input."""
-    mean = torch.tensor(MEAN, device=frames.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=frames.device).view(3, 1, 1)
-    return (frames - mean) / std
 
 
 class TemporalEncoder(nn.Module):

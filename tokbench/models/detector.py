@@ -15,14 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokbench import compat
+from tokbench.models.preprocess import normalize  # noqa: F401  (re-exported)
 from tokbench.rollout import anchor_mask
 from tokbench.vit import ViTAdapter
 
 compat.ensure_torchvision()
 
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,6 @@ class DetectorSpec:
     num_heads: int = 3
     head_dim: int = 128
     max_detections: int = 20
-
-
-def normalize(frames: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, H, W]`` in [0, 1] -> network input."""
-    mean = torch.tensor(MEAN, device=frames.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=frames.device).view(1, 3, 1, 1)
-    return (frames - mean) / std
 
 
 class CentreHead(nn.Module):
