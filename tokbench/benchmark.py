@@ -70,10 +70,22 @@ def _indices(num_frames: int, sampling: int, max_frames: int | None) -> list[int
     return idx if max_frames is None else idx[:max_frames]
 
 
-def _timed_step(engine: StreamingEngine, frame: torch.Tensor, state) -> tuple[FrameRecord, float]:
-    start = time.perf_counter()
-    rec = engine.step(frame, state)
-    return rec, (time.perf_counter() - start) * 1000
+def _stream(engine: StreamingEngine, dataset, normalize, sampling: int, max_clips: int | None,
+            max_frames: int | None, progress: Progress | None):
+    """Per clip, fresh state, sampled frames in order at batch 1: yields ``(clip, [(index, record, step_ms)])``."""
+    for c in range(len(dataset) if max_clips is None else min(max_clips, len(dataset))):
+        clip = dataset[c]
+        idx = _indices(clip.frames.shape[0], sampling, max_frames)
+        frames = normalize(clip.frames[idx])
+        state = engine.new_state()
+        steps = []
+        for j, i in enumerate(idx):
+            start = time.perf_counter()
+            rec = engine.step(frames[j : j + 1], state)
+            steps.append((i, rec, (time.perf_counter() - start) * 1000))
+            if progress:
+                progress(1)
+        yield clip, steps
 
 
 def run_detection(
@@ -91,19 +103,12 @@ def run_detection(
     engine = StreamingEngine(model.backbone, config, task)
     rows, preds, targets = [], [], []
     start = time.perf_counter()
-    for c in range(len(dataset) if max_clips is None else min(max_clips, len(dataset))):
-        clip = dataset[c]
-        idx = _indices(clip.frames.shape[0], sampling, max_frames)
-        frames = det_normalize(clip.frames[idx])
-        state = engine.new_state()
-        for j, i in enumerate(idx):
-            rec, ms = _timed_step(engine, frames[j : j + 1], state)
+    for clip, steps in _stream(engine, dataset, det_normalize, sampling, max_clips, max_frames, progress):
+        for i, rec, ms in steps:
             preds.append(rec.predictions[0])
             targets.append(clip.targets[i])
             confident = int((rec.predictions[0]["scores"] > 0.3).sum())
             rows.append(_frame_row(clip.clip_id, i, rec, ms) | {"detections": confident})
-            if progress:
-                progress(1)
     summary = _summary(rows, time.perf_counter() - start) | {"map50": map50(preds, targets)}
     return RunResult(rows, summary)
 
@@ -122,20 +127,10 @@ def run_action(
     engine = StreamingEngine(model.spatial, config, SpatialStepTask())
     rows, logits, labels = [], [], []
     start = time.perf_counter()
-    for c in range(len(dataset) if max_clips is None else min(max_clips, len(dataset))):
-        clip = dataset[c]
-        idx = _indices(clip.frames.shape[0], sampling, max_frames)
-        frames = action_normalize(clip.frames[idx])
-        state = engine.new_state()
-        steps = []
-        for j, i in enumerate(idx):
-            rec, ms = _timed_step(engine, frames[j : j + 1], state)
-            steps.append(rec.predictions)
-            rows.append(_frame_row(clip.clip_id, i, rec, ms))
-            if progress:
-                progress(1)
+    for clip, steps in _stream(engine, dataset, action_normalize, sampling, max_clips, max_frames, progress):
+        rows += [_frame_row(clip.clip_id, i, rec, ms) for i, rec, ms in steps]
         with torch.inference_mode():
-            logits.append(model.temporal(torch.stack(steps, dim=1)))
+            logits.append(model.temporal(torch.stack([rec.predictions for _, rec, _ in steps], dim=1)))
         labels.append(clip.label)
     summary = _summary(rows, time.perf_counter() - start) | {"top1": top1(torch.cat(logits), torch.tensor(labels))}
     return RunResult(rows, summary)

@@ -63,6 +63,44 @@ def evaluate_detector(model: ViTDetector, num_clips: int, num_frames: int = 32, 
     return map50(preds, targets)
 
 
+def _fit(model: torch.nn.Module, batches, steps: int, lr: float, loss_fn, progress: Progress | None) -> float:
+    """AdamW (weight decay 0.05), 5 % linear warm-up then cosine, grad-norm clip 1; returns minutes spent.
+
+    ``loss_fn(chunk)`` returns a dict of scalar losses whose ``"loss"`` is optimised.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, max(1, steps // 20)))
+    start = time.perf_counter()
+    for step, chunk in enumerate(batches):
+        losses = loss_fn(chunk)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if progress:
+            progress(step + 1, steps, {k: float(v.detach()) for k, v in losses.items()})
+    return (time.perf_counter() - start) / 60
+
+
+def _card(name: str, spec, *, command: str, seed: int, steps: int, batch: int, lr: float, minutes: float,
+          **data) -> dict:
+    return {
+        "model": name,
+        "architecture": asdict(spec),
+        "command": command,
+        "seed": seed,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "train_minutes": round(minutes, 1),
+        **data,
+        "tokbench_version": tokbench.__version__,
+        "torch_version": torch.__version__,
+        "trained_on": "full frames (no token dropping)",
+    }
+
+
 def train_detector(
     *, steps: int, batch: int = 16, lr: float = 5e-4, seed: int = 0, val_clips: int = 50, out: Path,
     command: str, progress: Progress | None = None,
@@ -71,41 +109,23 @@ def train_detector(
     torch.manual_seed(seed)
     spec = DetectorSpec()
     model = ViTDetector(spec).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, max(1, steps // 20)))
     grid = tuple(model.backbone.patch_embed.grid_size)
-    frames = detection_frames("train", n=steps * batch, seed=seed, size=spec.img_size)
-    start = time.perf_counter()
-    for step, chunk in enumerate(_batches(frames, batch)):
+
+    def loss_fn(chunk):
         images = det_normalize(torch.stack([f for f, _ in chunk]))
         target = centre_targets([t for _, t in chunk], grid, spec.patch_size, spec.num_classes)
-        losses = detection_loss(model(images), target)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if progress:
-            progress(step + 1, steps, {k: float(v.detach()) for k, v in losses.items()})
-    minutes = (time.perf_counter() - start) / 60
+        return detection_loss(model(images), target)
+
+    frames = detection_frames("train", n=steps * batch, seed=seed, size=spec.img_size)
+    minutes = _fit(model, _batches(frames, batch), steps, lr, loss_fn, progress)
     metric = evaluate_detector(model, val_clips, seed=0)
-    card = {
-        "model": "synthvid-det",
-        "architecture": asdict(spec),
-        "command": command,
-        "seed": seed,
-        "steps": steps,
-        "batch": batch,
-        "lr": lr,
-        "train_minutes": round(minutes, 1),
-        "train_data": {"generator": "detection_frames", "split": "train", "frames": steps * batch},
-        "val_data": SyntheticDetection("val", num_clips=val_clips).spec(),
-        "val_metric": {"name": "map50", "value": round(metric, 2), "clips": val_clips, "frames_per_clip": 32,
-                       "mode": "dense, every frame"},
-        "tokbench_version": tokbench.__version__,
-        "torch_version": torch.__version__,
-        "trained_on": "full frames (no token dropping)",
-    }
+    card = _card(
+        "synthvid-det", spec, command=command, seed=seed, steps=steps, batch=batch, lr=lr, minutes=minutes,
+        train_data={"generator": "detection_frames", "split": "train", "frames": steps * batch},
+        val_data=SyntheticDetection("val", num_clips=val_clips).spec(),
+        val_metric={"name": "map50", "value": round(metric, 2), "clips": val_clips, "frames_per_clip": 32,
+                    "mode": "dense, every frame"},
+    )
     _save(model, out, "synthvid-det", card)
     return card
 
@@ -130,38 +150,20 @@ def train_action(
     torch.manual_seed(seed)
     spec = ActionSpec()
     model = ViViTFactorised(spec).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, max(1, steps // 20)))
-    data = SyntheticAction("train", num_clips=steps * batch, seed=seed, num_frames=spec.num_frames)
-    start = time.perf_counter()
-    for step, chunk in enumerate(_batches(iter(data), batch)):
+
+    def loss_fn(chunk):
         clips = action_normalize(torch.stack([c.frames for c in chunk]))
         labels = torch.tensor([c.label for c in chunk])
-        loss = torch.nn.functional.cross_entropy(model(clips), labels, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if progress:
-            progress(step + 1, steps, {"loss": float(loss.detach())})
-    minutes = (time.perf_counter() - start) / 60
+        return {"loss": torch.nn.functional.cross_entropy(model(clips), labels, label_smoothing=0.1)}
+
+    data = SyntheticAction("train", num_clips=steps * batch, seed=seed, num_frames=spec.num_frames)
+    minutes = _fit(model, _batches(iter(data), batch), steps, lr, loss_fn, progress)
     metric = evaluate_action(model, val_clips)
-    card = {
-        "model": "synthaction-vivit",
-        "architecture": asdict(spec),
-        "command": command,
-        "seed": seed,
-        "steps": steps,
-        "batch": batch,
-        "lr": lr,
-        "train_minutes": round(minutes, 1),
-        "train_data": {"generator": "SyntheticAction", "split": "train", "clips": steps * batch},
-        "val_data": SyntheticAction("val", num_clips=val_clips).spec(),
-        "val_metric": {"name": "top1", "value": round(metric, 2), "clips": val_clips, "mode": "dense"},
-        "tokbench_version": tokbench.__version__,
-        "torch_version": torch.__version__,
-        "trained_on": "full frames (no token dropping)",
-    }
+    card = _card(
+        "synthaction-vivit", spec, command=command, seed=seed, steps=steps, batch=batch, lr=lr, minutes=minutes,
+        train_data={"generator": "SyntheticAction", "split": "train", "clips": steps * batch},
+        val_data=SyntheticAction("val", num_clips=val_clips).spec(),
+        val_metric={"name": "top1", "value": round(metric, 2), "clips": val_clips, "mode": "dense"},
+    )
     _save(model, out, "synthaction-vivit", card)
     return card
