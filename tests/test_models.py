@@ -10,6 +10,7 @@ from tokbench.models.action import ActionSpec, SpatialStepTask, ViViTFactorised
 from tokbench.models.centre_loss import centre_targets, detection_loss
 from tokbench.models.detector import DetectionTask, DetectorSpec, ViTDetector, decode
 from tokbench.rollout import anchor_mask
+from tokbench.vit import ViTAdapter
 
 SMALL_DET = DetectorSpec(img_size=64, depth=2, embed_dim=64, num_heads=2, head_dim=32)
 
@@ -50,7 +51,7 @@ def test_detection_task_start_vectors_never_nan():
     model = ViTDetector(SMALL_DET).eval()
     task = DetectionTask(model, score_thr=2.0)  # no box passes: uniform over patches
     dets = [{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)}]
-    start = task.rollout_start(dets, torch.zeros(1, 16, 8), (4, 4), 0)
+    start = task.rollout_start(ViTAdapter(model.backbone), dets, torch.zeros(1, 16, 8), (4, 4))
     assert torch.allclose(start, torch.full((1, 16), 1 / 16))
     config = MethodConfig(keep_ratio=0.25, reset_every=0)
     records = StreamingEngine(model.backbone, config, DetectionTask(model)).run_clip([torch.randn(1, 3, 64, 64)] * 3)

@@ -6,12 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from tokbench.errors import ConfigError
+from tokbench.policies import BASELINES
 from tokbench.rollout import HEAD_FUSIONS
 from tokbench.selection import ORDERS, RESET_PATTERNS, TIE_BREAKS, check_ratios
 from tokbench.tracking import BOUNDS, SIMILARITIES
 
 PRESETS = ("default", "reference", "robust")
-POLICIES = ("rgtp", "dense")
+POLICIES = ("rgtp", "dense", *BASELINES)
 
 _PRESET_VALUES: dict[str, dict[str, object]] = {
     "default": {},

@@ -15,8 +15,17 @@ import torch
 from torch import nn
 
 from tokbench.config import MethodConfig
+from tokbench.errors import ConfigError
+from tokbench.policies import (
+    boxmask_scores,
+    cls_attn_scores,
+    eventful_scores,
+    grid_indices,
+    random_indices,
+    top_n,
+)
 from tokbench.rollout import fuse_heads, residual_normalize, rollout_vector_from, sum_normalize
-from tokbench.selection import reset_pattern_indices, rollout_keep_indices
+from tokbench.selection import kept_count, reset_pattern_indices, rollout_keep_indices
 from tokbench.tracking import track_scores
 from tokbench.vit import ViTAdapter
 
@@ -41,7 +50,7 @@ class Task(Protocol):
         """Predictions from the backbone output ``[B, S, C]`` (``S = N'`` for dense tasks)."""
 
     def rollout_start(
-        self, predictions: Any, tokens: torch.Tensor, grid: tuple[int, int], num_prefix: int
+        self, vit: ViTAdapter, predictions: Any, tokens: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
         """Start weights ``[B, S]`` over the output tokens the head saw (class-token row, anchor mask, ...)."""
 
@@ -56,6 +65,9 @@ class ClipState:
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V [B, H, N', Ch]
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> fused attention rows [B, N', N']
     output: torch.Tensor | None = None  # last computed output of every position [B, N', C]
+    reference: torch.Tensor | None = None  # eventful: patch embeddings when each token was last computed [B, N, C]
+    boxes: torch.Tensor | None = None  # boxmask: the previous frame's box mask [B, N]
+    rng: torch.Generator | None = None  # random: this clip's draws
 
 
 @dataclass
@@ -101,14 +113,24 @@ class StreamingEngine:
         self.vit = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
         self.config = config
         self.task = task
+        self.policy = config.policy
         self.rollout = config.policy == "rgtp"
+        self.prunes = config.policy != "dense"
         kv = config.kv_reuse
-        self.kv_reuse = task.dense if kv == "auto" else kv == "on"
+        # Eventful pruning reuses every pruned token's last K/V, as its reference does, for any task
+        self.kv_reuse = (task.dense or config.policy == "eventful") if kv == "auto" else kv == "on"
+        if config.policy == "cls-attn" and config.cut == "input":
+            raise ConfigError("cls-attn scores tokens by block 0's attention; it needs cut=block0")
+        if config.policy == "boxmask" and not hasattr(task, "box_mask"):
+            raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
+        self._clips = 0
         mode = config.reset_mode
         self.reset_mode = ("full" if task.dense else "pattern") if mode == "auto" else mode
 
     def new_state(self) -> ClipState:
-        return ClipState()
+        """Fresh per-clip state; the random policy's generator is seeded by (seed, clip number)."""
+        self._clips += 1
+        return ClipState(rng=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._clips))
 
     def run_clip(self, frames: Iterable[torch.Tensor]) -> list[FrameRecord]:
         """Run frames ``[B, 3, H, W]`` (an iterable, or a ``[T, B, 3, H, W]`` tensor) with fresh state."""
@@ -119,13 +141,13 @@ class StreamingEngine:
     def step(self, frames: torch.Tensor, state: ClipState) -> FrameRecord:
         """Process frame ``t = state.t`` of every clip in the batch: ``frames [B, 3, H, W]``."""
         vit, cfg = self.vit, self.config
-        kind = frame_kind(state.t, cfg.reset_every) if self.rollout else FULL
+        kind = frame_kind(state.t, cfg.reset_every) if self.prunes else FULL
         z, grid = vit.embed(frames)
         x = vit.tokens(z, grid)
         keep = seq = None
         fused: dict[int, torch.Tensor] = {}
         if cfg.cut == "input":
-            keep = self._select(kind, state, z, grid)
+            keep = self._select(kind, state, z, grid, None)
             seq = None if keep is None else _seq_index(keep, vit.num_prefix)
             x = x if seq is None else gather_tokens(x, seq)
         for i, blk in enumerate(vit.blocks):
@@ -134,12 +156,13 @@ class StreamingEngine:
                 keys0 = k
             if self.kv_reuse:
                 k, v = self._reuse_kv(state, i, seq, k, v)
-            out, probs = vit.attend(blk, q, k, v, need_probs=self.rollout)
-            if probs is not None:
+            need_probs = self.rollout or (i == 0 and self.policy == "cls-attn")
+            out, probs = vit.attend(blk, q, k, v, need_probs=need_probs)
+            if probs is not None and self.rollout:
                 fused[i] = fuse_heads(probs, cfg.head_fusion)
             x = vit.attn_residual(blk, x, out)
             if i == 0 and cfg.cut == "block0":
-                keep = self._select(kind, state, z, grid)
+                keep = self._select(kind, state, z, grid, probs)
                 if keep is not None:
                     seq = _seq_index(keep, vit.num_prefix)
                     x = gather_tokens(x, seq)
@@ -156,23 +179,35 @@ class StreamingEngine:
             predictions=predictions,
         )
         if self.rollout:
-            start = self.task.rollout_start(predictions, tokens, grid, vit.num_prefix)
+            start = self.task.rollout_start(vit, predictions, tokens, grid)
             record.heatmap, record.degenerate_heatmaps = self._heatmap(
                 state, kind, fused, start, seq, keep, keys0, z
             )
+        if self.policy == "eventful":
+            fresh = z if keep is None else gather_tokens(z, keep)
+            state.reference = z.clone() if keep is None else scatter_tokens(state.reference, keep, fresh)
+        if self.policy == "boxmask":
+            state.boxes = self.task.box_mask(predictions, grid)
         state.heatmap, state.embed, state.t = record.heatmap, z, state.t + 1
         return record
 
     # -- selection -------------------------------------------------------------------------------------------
 
-    def _select(self, kind: str, state: ClipState, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
-        """Kept patch indices ``[B, n]`` for this frame, or ``None`` to keep every patch."""
+    def _select(
+        self, kind: str, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs0: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Kept patch indices ``[B, n]`` for this frame, or ``None`` to keep every patch.
+
+        ``z [B, N, C]`` are this frame's patch embeddings, ``probs0 [B, H, S, S]`` block 0's attention (cls-attn).
+        """
         cfg = self.config
         if kind == FULL or (kind == RESET and self.reset_mode == "full"):
             return None
         if kind == RESET:
             pattern = reset_pattern_indices(grid, cfg.reset_pattern).to(z.device)
             return pattern.expand(z.shape[0], -1)
+        if not self.rollout:
+            return self._baseline(state, z, grid, probs0)
         scores = track_scores(
             state.heatmap,
             state.embed,
@@ -186,6 +221,22 @@ class StreamingEngine:
         return rollout_keep_indices(
             scores, grid, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio, cfg.order, tie_break=cfg.tie_break
         )
+
+    def _baseline(
+        self, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs0: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A baseline policy's keep set at RGTP's budget: ``[B, n]`` ascending."""
+        cfg, (b, num_patches) = self.config, z.shape[:2]
+        n = kept_count(num_patches, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio)
+        if self.policy == "random":
+            return random_indices(b, num_patches, n, state.rng).to(z.device)
+        if self.policy == "grid":
+            return grid_indices(grid, n).to(z.device).expand(b, -1)
+        if self.policy == "cls-attn":
+            return top_n(cls_attn_scores(probs0, self.vit.num_prefix, self.vit.has_class_token), n)
+        if self.policy == "eventful":
+            return top_n(eventful_scores(z, state.reference), n)
+        return top_n(boxmask_scores(state.boxes, grid, n), n)
 
     # -- dense-task context: K/V reuse and the output buffer --------------------------------------------------
 

@@ -38,11 +38,10 @@ class ClassificationTask:
 
     def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens [B, S, C]`` -> logits ``[B, classes]``."""
-        self._vit = vit
         return vit.classify(tokens)
 
-    def rollout_start(self, predictions, tokens, grid, num_prefix) -> torch.Tensor:
-        return default_start(self._vit, tokens)
+    def rollout_start(self, vit: ViTAdapter, predictions, tokens: torch.Tensor, grid) -> torch.Tensor:
+        return default_start(vit, tokens)
 
 
 @dataclass
@@ -56,8 +55,7 @@ class FeatureTask:
     dense: bool = False
 
     def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> torch.Tensor:
-        self._vit = vit
         return tokens
 
-    def rollout_start(self, predictions, tokens, grid, num_prefix) -> torch.Tensor:
-        return default_start(self._vit, tokens)
+    def rollout_start(self, vit: ViTAdapter, predictions, tokens: torch.Tensor, grid) -> torch.Tensor:
+        return default_start(vit, tokens)

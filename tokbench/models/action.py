@@ -88,7 +88,7 @@ class SpatialStepTask:
         """Pruned output ``[B, P + n, C]`` -> pooled pre-logits ``[B, C]``."""
         return vit.model.forward_head(tokens, pre_logits=True)
 
-    def rollout_start(self, predictions, tokens, grid, num_prefix) -> torch.Tensor:
+    def rollout_start(self, vit: ViTAdapter, predictions, tokens: torch.Tensor, grid) -> torch.Tensor:
         start = torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
         start[:, 0] = 1
         return start

@@ -114,15 +114,20 @@ class DetectionTask:
         out = self.detector.head_from_tokens(tokens[:, vit.num_prefix :], grid)
         return decode(out, self.detector.spec.patch_size, self.detector.spec.max_detections)
 
-    def rollout_start(self, predictions, tokens, grid, num_prefix) -> torch.Tensor:
-        """Normalised anchor mask over the output tokens ``[B, N']`` (prefix weight 0)."""
+    def box_mask(self, predictions: list[dict[str, torch.Tensor]], grid: tuple[int, int]) -> torch.Tensor:
+        """Patches covered by a detection scoring above the threshold: ``[B, N]`` bool (may be empty)."""
         size = self.detector.spec.img_size
+        return torch.stack([
+            anchor_mask(det["boxes"], det["scores"], grid, (size, size), self.score_thr, self.clip_end)
+            for det in predictions
+        ])
+
+    def rollout_start(self, vit: ViTAdapter, predictions, tokens: torch.Tensor, grid) -> torch.Tensor:
+        """Normalised anchor mask over the output tokens ``[B, N']`` (prefix weight 0)."""
         rows = []
-        for det in predictions:
-            mask = anchor_mask(det["boxes"], det["scores"], grid, (size, size), self.score_thr, self.clip_end)
-            mask = mask.float()
+        for det, mask in zip(predictions, self.box_mask(predictions, grid).float(), strict=True):
             no_boxes = not bool((det["scores"] > self.score_thr).any())
             if mask.sum() == 0 and (self.fallback == "empty" or no_boxes):
                 mask = torch.ones_like(mask)  # reference: every token is an anchor when no box passes
             rows.append(mask / mask.sum().clamp_min(1.0))  # an empty set stays all-zero (counted as degenerate)
-        return F.pad(torch.stack(rows), (num_prefix, 0))
+        return F.pad(torch.stack(rows), (vit.num_prefix, 0))
