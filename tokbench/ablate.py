@@ -21,10 +21,17 @@ from tokbench.models import load_shipped, model_card
 from tokbench.models.action import SpatialStepTask
 from tokbench.models.detector import DetectionTask
 from tokbench.models.preprocess import normalize
+from tokbench.policies import BASELINES
 from tokbench.results import append_row, config_id, finished_ids, prepare_out_dir, provenance, write_meta
 
 GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
+RGTP_ONLY_KNOBS = ("window", "head_fusion", "similarity")  # baselines neither track nor roll out
+RANDOM_SEEDS = 3
 DEFAULT_MODEL = {"detect": "synthvid-det", "action": "synthaction-vivit"}
+DEFAULT_POLICIES = {
+    "detect": ("rgtp", *BASELINES),
+    "action": ("rgtp", *(p for p in BASELINES if p != "boxmask")),
+}
 
 
 @dataclass
@@ -42,17 +49,20 @@ class AblationSpec:
 
 
 def expand(spec: AblationSpec) -> list[MethodConfig]:
-    """Cartesian product of the knob lists; a dense row is added once (knobs other than policy do not apply)."""
+    """The grid: a dense row, RGTP over the product of all knob lists, baselines over the budget knobs only.
+
+    Without ``policy`` in the knobs, every baseline that applies to the task runs next to RGTP; ``random`` runs
+    ``RANDOM_SEEDS`` seeds.
+    """
     lists = {k: v for k, v in spec.knobs.items() if v}
-    policies = lists.pop("policy", ["rgtp"])
-    configs = []
-    if "dense" in policies or policies == ["rgtp"]:
-        configs.append(MethodConfig.from_preset(spec.preset, policy="dense", seed=spec.seed))
-    names = list(lists)
+    policies = list(dict.fromkeys(lists.pop("policy", None) or DEFAULT_POLICIES[spec.task]))
+    configs = [MethodConfig.from_preset(spec.preset, policy="dense", seed=spec.seed)]
     for policy in [p for p in policies if p != "dense"]:
+        names = [n for n in lists if policy == "rgtp" or n not in RGTP_ONLY_KNOBS]
+        seeds = range(spec.seed, spec.seed + (RANDOM_SEEDS if policy == "random" else 1))
         for values in itertools.product(*(lists[n] for n in names)):
             knobs = dict(zip(names, values, strict=True))
-            configs.append(MethodConfig.from_preset(spec.preset, policy=policy, seed=spec.seed, **knobs))
+            configs += [MethodConfig.from_preset(spec.preset, policy=policy, seed=s, **knobs) for s in seeds]
     return configs
 
 
@@ -108,7 +118,7 @@ def run_ablation(
             if cid in done:
                 continue
             if on_config:
-                on_config(f"{config.policy} r={config.window} 1/{sampling}", spec.clips)
+                on_config(f"{label(config)} 1/{sampling}", spec.clips)
             row = {"config_id": cid, **resolved, "convention": "fvcore"}
             start = time.perf_counter()
             try:
@@ -126,6 +136,13 @@ def run_ablation(
             if on_row:
                 on_row(row)
     return written
+
+
+def label(config: MethodConfig) -> str:
+    """Short name of a configuration for progress lines."""
+    if config.policy == "rgtp":
+        return f"rgtp r={config.window}"
+    return f"{config.policy} seed={config.seed}" if config.policy == "random" else config.policy
 
 
 def _cost_columns(costs: dict, summary: dict) -> dict:

@@ -15,7 +15,10 @@ from rich.console import Console
 import tokbench
 from tokbench.errors import TokbenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark token pruning on timm video ViTs.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Benchmark token pruning on timm video ViTs.",
+)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -148,6 +151,85 @@ def ablate(
     window_plot(out, out / "ablation.png", metric)
     typer.echo(text)
     console.print(f"wrote {out / 'rows.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}, {out / 'meta.json'}")
+
+
+class Convention(str, Enum):
+    fvcore = "fvcore"
+    paper = "paper"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _print_rows(rows: list[dict], fmt: Format, title: str) -> None:
+    import pandas as pd
+
+    if fmt == Format.json:
+        print(json.dumps(rows, indent=2))
+        return
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "by_operator"} for r in rows])
+    if fmt == Format.csv:
+        print(frame.to_csv(index=False), end="")
+        return
+    console.print(title, highlight=False)
+    shown = frame.drop(columns=["unsupported_ops", "convention", "unit"], errors="ignore").dropna(axis=1, how="all")
+    typer.echo(shown.to_markdown(index=False, missingval="-"))
+
+
+@app.command()
+def flops(
+    model: Annotated[str, typer.Option(help="Shipped model, any timm ViT name, or (paper convention) vitdet_b, "
+                                            "vivit_b_k400, vivit_b_epic.")] = "synthvid-det",
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights file (.pth/.safetensors) for the model.")] = None,
+    img_size: Annotated[int | None, typer.Option(min=16, help="Input size (timm and paper models).")] = None,
+    keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
+    window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
+    reset: Annotated[int, typer.Option(min=0, help="Reset interval k (0 = never).")] = 8,
+    preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
+    frames: Annotated[int, typer.Option(min=1, help="Clip length for the schedule average.")] = 32,
+    full_fraction: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Paper convention: share of full frames in the average instead of the schedule "
+                               "(the paper's VID runs: 0.12653).")] = None,
+    rollout_pool: Annotated[int | None, typer.Option(
+        min=1, help="Paper convention: rollout pooling p (default 2 for vitdet_b with --preset reference).")] = None,
+    convention: Annotated[Convention, typer.Option(help="fvcore (traced) or paper (method.md 8).")] = Convention.fvcore,
+    by_operator: Annotated[bool, typer.Option("--by-operator", help="Add fvcore's per-operator GMACs.")] = False,
+    fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
+) -> None:
+    """GMACs per frame kind (dense, full, pruned, reset), the schedule average and the method's overhead."""
+    from tokbench.config import MethodConfig
+
+    config = MethodConfig.from_preset(preset, window=window, reset_every=reset)
+    keeps = keep or [0.111]
+    if convention == Convention.paper:
+        from tokbench import flop_table
+
+        arch = None
+        if model not in flop_table.PAPER_MODELS:
+            from tokbench.models.zoo import load_model
+
+            arch = flop_table.arch_from_timm(load_model(model, checkpoint, img_size).backbone)
+        rows = flop_table.paper_rows(model, keeps, base=config, img_size=img_size, arch=arch, frames=frames,
+                                     full_fraction=full_fraction, rollout_pool=rollout_pool)
+        _print_rows(rows, fmt, f"{model}: GMACs per {rows[0]['unit']}, {flop_table.PAPER_CONVENTION}")
+        return
+    from tokbench.flop_table import CONVENTION, flop_rows
+    from tokbench.models.zoo import load_model
+
+    loaded = load_model(model, checkpoint, img_size)
+    rows = flop_rows(loaded, keeps, base=config, frames=frames, by_operator=by_operator)
+    _print_rows(rows, fmt, f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}: GMACs per frame, {CONVENTION}")
+    if fmt == Format.table:
+        unsupported = {r["unsupported_ops"] for r in rows[1:] if r.get("unsupported_ops")}
+        console.print("not counted (fvcore has no handle; no multiply-adds): " + ("; ".join(unsupported) or "none"))
+        if by_operator:
+            import pandas as pd
+
+            ops = pd.DataFrame({f"{r['policy']} n={r['keep_tokens']}": r["by_operator"] for r in rows}).fillna(0)
+            typer.echo(ops.round(4).to_markdown())
 
 
 @app.command()

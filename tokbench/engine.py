@@ -226,7 +226,7 @@ class StreamingEngine:
         self, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs0: torch.Tensor | None
     ) -> torch.Tensor:
         """A baseline policy's keep set at RGTP's budget: ``[B, n]`` ascending."""
-        cfg, (b, num_patches) = self.config, z.shape[:2]
+        cfg, b, num_patches = self.config, int(z.shape[0]), int(z.shape[1])
         n = kept_count(num_patches, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio)
         if self.policy == "random":
             return random_indices(b, num_patches, n, state.rng).to(z.device)

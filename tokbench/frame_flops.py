@@ -28,6 +28,7 @@ class KindCost:
     gmacs: float  # everything traced, tracking included
     overhead_gmacs_tracking: float
     unsupported: dict[str, int]
+    by_operator: dict[str, float]  # fvcore's per-operator GMACs (tracking not included)
 
 
 def _flatten(predictions) -> list[torch.Tensor]:
@@ -62,7 +63,7 @@ def _frame_costs(engine: StreamingEngine, frame: torch.Tensor) -> dict[str, Kind
     state = engine.new_state()
     engine.step(frame, state)  # seeds heatmap, embeddings and buffers as a first frame does
     reset_t = engine.config.reset_every if engine.config.reset_every > 0 else None
-    kinds = {FULL: 0} if not engine.rollout else {FULL: 0, PRUNED: 1} | ({RESET: reset_t} if reset_t else {})
+    kinds = {FULL: 0} if not engine.prunes else {FULL: 0, PRUNED: 1} | ({RESET: reset_t} if reset_t else {})
     costs = {}
     for kind, t in kinds.items():
         seeded = copy.deepcopy(state)
@@ -78,5 +79,5 @@ def _frame_costs(engine: StreamingEngine, frame: torch.Tensor) -> dict[str, Kind
         count = count_gmacs(traced, (frame,))
         n_patches, dim = state.embed.shape[1], state.embed.shape[2]
         track = tracking_macs(n_patches, dim, engine.config.window) / 1e9 if kind == PRUNED and engine.rollout else 0
-        costs[kind] = KindCost(kind, kept, count.gmacs + track, track, count.unsupported)
+        costs[kind] = KindCost(kind, kept, count.gmacs + track, track, count.unsupported, count.by_operator)
     return costs

@@ -7,6 +7,8 @@ per patch (higher = keep); ``top_n`` turns them into ascending index sets ``[B, 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +28,12 @@ def random_indices(batch: int, num_patches: int, n: int, generator: torch.Genera
     return draws.sort(dim=1).values
 
 
+@lru_cache(maxsize=64)
 def grid_indices(grid: tuple[int, int], n: int) -> torch.Tensor:
-    """``n`` patches evenly spaced along the Gilbert curve (spatially uniform for any n) -> ``[n]`` ascending."""
+    """``n`` patches evenly spaced along the Gilbert curve (spatially uniform for any n) -> ``[n]`` ascending.
+
+    Memoised: callers must not modify the returned tensor.
+    """
     rank = gilbert_rank(grid)
     num = rank.numel()
     positions = ((torch.arange(n, dtype=torch.float64) + 0.5) * num / n).long()

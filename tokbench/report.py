@@ -1,4 +1,8 @@
-"""Tables and plots from ``rows.csv`` (never recomputes anything)."""
+"""Tables and plots from result folders (``rows.csv`` + ``meta.json``); never recomputes anything.
+
+A *setting* is one configuration up to the random seed: rows that differ only in ``seed`` are averaged and
+reported as ``mean ± std``. Knobs that vary within a policy name the setting (``rgtp r=2``, ``random``, ...).
+"""
 
 from __future__ import annotations
 
@@ -9,73 +13,214 @@ import pandas as pd
 
 from tokbench.errors import DataError
 
+METRICS = ("map50", "top1", "map50_vs_dense", "top1_agreement", "cosine_pooled")
+KNOBS = ("window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
+KNOB_NAMES = {"window": "r", "keep_ratio": "keep", "reset_every": "k", "head_fusion": "fusion",
+              "similarity": "sim", "fg_ratio": "phi", "bg_ratio": "beta"}
+POLICY_ORDER = ("dense", "rgtp", "random", "grid", "cls-attn", "eventful", "boxmask")
+METRIC_NOTES = {
+    "map50": "torchmetrics MeanAveragePrecision map_50 (COCO-style) against the labels, percent",
+    "top1": "top-1 accuracy against the labels, percent",
+    "map50_vs_dense": "map_50 of the pruned detections scored against the dense model's own, percent",
+    "top1_agreement": "top-1 agreement with the dense model, percent",
+    "cosine_pooled": "cosine similarity of pooled output features to the dense model's",
+}
+
 
 def load_rows(folder: Path) -> pd.DataFrame:
-    path = folder / "rows.csv"
+    """Finished rows of ``folder/rows.csv`` (rows with an ``error`` are left out)."""
+    path = Path(folder) / "rows.csv"
     if not path.exists():
         raise DataError(f"no rows.csv in {folder}")
-    rows = pd.read_csv(path)
+    try:
+        rows = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if "policy" not in rows:
+        raise DataError(f"{path} is not a tokbench rows.csv (no 'policy' column)")
     return rows[rows["error"].isna() | (rows["error"] == "")] if "error" in rows else rows
 
 
-def window_table(rows: pd.DataFrame, metric: str = "map50") -> pd.DataFrame:
-    """The supplement's Table 1 layout: window | GMACs per frame | metric at each sampling; a dense row first."""
+def load_meta(folder: Path) -> dict:
+    path = Path(folder) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def metric_of(rows: pd.DataFrame) -> str:
+    """The quality column of these rows (labels first, then fidelity to dense)."""
+    for name in METRICS:
+        if name in rows and rows[name].notna().any():
+            return name
+    raise DataError("rows hold no quality metric (" + ", ".join(METRICS) + ")")
+
+
+def varying_knobs(rows: pd.DataFrame) -> list[str]:
+    """Knobs taking more than one value among the RGTP rows (or among all pruned rows if there is no RGTP)."""
+    pruned = rows[rows["policy"] == "rgtp"]
+    pruned = pruned if len(pruned) else rows[rows["policy"] != "dense"]
+    return [k for k in KNOBS if k in pruned and pruned[k].nunique(dropna=True) > 1]
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def with_settings(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add ``setting`` (a readable name) and ``order`` columns."""
+    knobs = varying_knobs(rows)
+    rgtp_knobs = [k for k in knobs if k not in ("window", "head_fusion", "similarity")]
+
+    def name(row) -> str:
+        if row["policy"] == "dense":
+            return "dense"
+        used = knobs if row["policy"] == "rgtp" else rgtp_knobs
+        parts = [f"{KNOB_NAMES[k]}={_fmt(row[k])}" for k in used]
+        return " ".join([row["policy"], *parts])
+
     rows = rows.copy()
-    rows["setting"] = rows.apply(lambda r: "dense" if r["policy"] == "dense" else f"r = {int(r['window'])}", axis=1)
-    table = rows.pivot_table(index="setting", columns="sampling", values=metric, aggfunc="mean")
-    table.columns = [f"{metric} (1/{int(s)} sampling)" for s in table.columns]
-    gmacs = rows[rows["sampling"] == rows["sampling"].min()].groupby("setting")["gmacs_per_frame"].mean()
-    table.insert(0, "GMACs/frame (fvcore, 1/1)", gmacs)
-    order = ["dense"] + sorted(i for i in table.index if i != "dense")
-    return table.loc[[i for i in order if i in table.index]].round(3)
+    rows["setting"] = rows.apply(name, axis=1)
+    rank = {p: i for i, p in enumerate(POLICY_ORDER)}
+    rows["order"] = rows["policy"].map(lambda p: rank.get(p, len(rank)))
+    return rows
 
 
-def markdown(folder: Path, metric: str = "map50") -> str:
-    """Markdown of the window table with what was measured, on what, with which versions."""
-    rows = load_rows(folder)
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-    table = window_table(rows, metric)
-    keep = rows.loc[rows["policy"] != "dense", "keep_tokens"]
+def summary_table(rows: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """One line per setting: kept tokens, GMACs per frame (schedule average at the densest sampling), and the
+    metric at each frame sampling (mean ± std over seeds when there are several)."""
+    metric = metric or metric_of(rows)
+    rows = with_settings(rows)
+    densest = rows["sampling"].min()
+    keys = ["order", "setting"]
+    base = rows[rows["sampling"] == densest].groupby(keys).agg(
+        tokens=("keep_tokens", "first"), gmacs=("gmacs_per_frame", "mean")
+    )
+    table = pd.DataFrame(index=base.index)
+    table["kept tokens"] = base["tokens"].astype("Int64")
+    table[f"GMACs/frame (fvcore, 1/{int(densest)})"] = base["gmacs"].round(3)
+    for sampling, group in rows.groupby("sampling"):
+        stats = group.groupby(keys)[metric].agg(["mean", "std", "count"])
+        table[f"{metric} (1/{int(sampling)})"] = [
+            f"{m:.1f} ± {s:.1f}" if c > 1 else f"{m:.1f}" for m, s, c in zip(
+                stats["mean"], stats["std"].fillna(0), stats["count"], strict=True)
+        ]
+    table = table.sort_index()
+    table.index = table.index.droplevel("order")
+    return table
+
+
+def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
+    """What was measured, on what, with which versions."""
+    data = meta.get("data", {})
+    seeds = sorted(rows.loc[rows["policy"] == "random", "seed"].unique()) if "seed" in rows else []
     lines = [
-        "# Tracking-window ablation (RGTP)",
-        "",
-        table.to_markdown(),
-        "",
-        f"- model: `{meta.get('model')}`; data: {meta.get('data', {}).get('name', meta.get('task'))}, "
-        f"{meta.get('data', {}).get('clips_used')} val clips; frames run in order at batch 1, state reset per clip",
-        f"- pruned frames keep {int(keep.iloc[0]) if len(keep) else 'all'} patch tokens; "
-        "first frame of each clip and every reset frame are full; GMACs are averaged over all frames",
-        "- GMACs: fvcore convention (1 multiply-add = 1), attention counted via an SDPA handle, "
-        "tracking added analytically",
-        f"- {metric}: torchmetrics MeanAveragePrecision map_50 (COCO-style), percent" if metric == "map50"
-        else f"- {metric}: percent",
+        f"- model: `{meta.get('model')}`; data: {data.get('name', meta.get('task'))}, {data.get('clips_used')} "
+        "clips; frames run in order at batch 1, state reset per clip",
+        "- every pruned policy keeps the same number of patch tokens on the same frames (full first frame, full "
+        "reset frames); GMACs are averaged over all frames of the schedule",
+        "- GMACs: fvcore convention (1 multiply-add = 1), attention counted via an SDPA handle, tracking added "
+        "analytically",
+        f"- {metric}: {METRIC_NOTES.get(metric, metric)}",
         f"- tokbench {meta.get('tokbench_version')} ({meta.get('git_hash')}), torch {meta.get('torch_version')}, "
         f"timm {meta.get('timm_version')}, fvcore {meta.get('fvcore_version')}; {meta.get('device')}, "
         f"{meta.get('threads')} threads",
     ]
-    return "\n".join(lines) + "\n"
+    if len(seeds) > 1:
+        lines.insert(2, f"- random: mean ± std over seeds {', '.join(str(int(s)) for s in seeds)}")
+    return lines
 
 
-def window_plot(folder: Path, path: Path, metric: str = "map50") -> None:
+def markdown(folder: Path, metric: str | None = None) -> str:
+    """The ablation table of one result folder, as Markdown with its provenance."""
+    rows = load_rows(folder)
+    metric = metric or metric_of(rows)
+    knobs = varying_knobs(rows)
+    title = "Tracking-window ablation" if knobs == ["window"] else "Ablation"
+    lines = [f"# {title}: RGTP and baselines at matched budgets", "", summary_table(rows, metric).to_markdown(), ""]
+    return "\n".join(lines + provenance_lines(load_meta(folder), rows, metric)) + "\n"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = load_rows(folder)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for sampling, group in rows[rows["policy"] != "dense"].groupby("sampling"):
-        group = group.sort_values("window")
-        (line,) = ax.plot(group["window"], group[metric], marker="o", label=f"RGTP, 1/{int(sampling)} sampling")
-        dense = rows[(rows["policy"] == "dense") & (rows["sampling"] == sampling)][metric]
-        if len(dense):
-            ax.axhline(float(dense.iloc[0]), ls="--", color=line.get_color(), alpha=0.6,
-                       label=f"dense, 1/{int(sampling)}")
-    ax.set_xlabel("tracking window r")
+    return plt
+
+
+def knob_plot(rows: pd.DataFrame, knob: str, path: Path, metric: str | None = None) -> None:
+    """The metric against one RGTP knob, a line per frame sampling; dense and baselines as horizontal lines."""
+    plt = _pyplot()
+    metric = metric or metric_of(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"dense": "--", "random": ":", "grid": "-.", "cls-attn": (0, (3, 1, 1, 1)), "eventful": (0, (5, 2)),
+              "boxmask": (0, (1, 2))}
+    for sampling, group in rows.groupby("sampling"):
+        rgtp = group[group["policy"] == "rgtp"].groupby(knob)[metric].mean()
+        (line,) = ax.plot(rgtp.index, rgtp.values, marker="o", label=f"RGTP, 1/{int(sampling)}")
+        for policy, other in group[group["policy"] != "rgtp"].groupby("policy"):
+            ax.axhline(other[metric].mean(), ls=styles.get(policy, "--"), color=line.get_color(), alpha=0.6,
+                       label=f"{policy}, 1/{int(sampling)}")
+    ax.set_xlabel(knob)
     ax.set_ylabel(metric)
-    ax.set_xticks(sorted(rows.loc[rows["policy"] != "dense", "window"].unique()))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pareto_plot(rows: pd.DataFrame, path: Path, metric: str | None = None) -> None:
+    """GMACs per frame against the metric, a marker per policy and a panel per frame sampling."""
+    plt = _pyplot()
+    metric = metric or metric_of(rows)
+    samplings = sorted(rows["sampling"].unique())
+    fig, axes = plt.subplots(1, len(samplings), figsize=(5 * len(samplings), 4), squeeze=False)
+    for ax, sampling in zip(axes[0], samplings, strict=True):
+        group = rows[rows["sampling"] == sampling]
+        for policy, points in group.groupby("policy"):
+            means = points.groupby("config_id")[["gmacs_per_frame", metric]].mean()
+            ax.scatter(means["gmacs_per_frame"], means[metric], label=policy, s=25)
+        ax.set_title(f"1/{int(sampling)} frame sampling")
+        ax.set_xlabel("GMACs per frame (fvcore)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ablation_plot(folder: Path, path: Path, metric: str | None = None) -> None:
+    """``ablation.png``: the first ablated knob (the window by default), or the Pareto plot without one."""
+    rows = load_rows(folder)
+    knobs = varying_knobs(rows)
+    if knobs:
+        knob_plot(rows, knobs[0], path, metric)
+    else:
+        pareto_plot(rows, path, metric)
+
+
+def write_report(folders: list[Path], out: Path) -> Path:
+    """``out/report.md`` with, per folder, its table, a Pareto plot and a plot per ablated knob."""
+    if not folders:
+        raise DataError("no result folders given")
+    out.mkdir(parents=True, exist_ok=True)
+    sections = ["# tokbench report", ""]
+    for i, folder in enumerate(folders):
+        rows, meta = load_rows(folder), load_meta(folder)
+        if rows.empty:
+            raise DataError(f"{folder}/rows.csv holds no finished rows")
+        metric = metric_of(rows)
+        sections += [f"## {folder}", "", summary_table(rows, metric).to_markdown(), ""]
+        sections += provenance_lines(meta, rows, metric) + [""]
+        pareto = out / f"pareto_{i}.png"
+        pareto_plot(rows, pareto, metric)
+        sections += [f"![GMACs vs {metric}]({pareto.name})", ""]
+        for knob in varying_knobs(rows):
+            plot = out / f"{knob}_{i}.png"
+            knob_plot(rows, knob, plot, metric)
+            sections += [f"![{metric} vs {knob}]({plot.name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(sections))
+    return path

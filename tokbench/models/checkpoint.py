@@ -1,0 +1,93 @@
+"""Local checkpoint files (.pth/.pt/.bin via ``torch.load(weights_only=True)``, or .safetensors) into a model.
+
+Common wrappers are unwrapped (``{"model": ...}``, ``{"state_dict": ...}``, ``{"module": ...}``) and common key
+prefixes stripped (``module.``, ``model.``, ``backbone.``) only where that makes the keys match the model.
+Mismatches are reported in one line: missing keys, unexpected keys, or the first shape mismatches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tokbench.errors import DataError
+
+SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+_WRAPPERS = ("model", "state_dict", "module", "model_state")
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+
+Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped; ``DataError`` for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"checkpoint {path}: unknown format {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for corrupt files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"cannot read checkpoint {path}: {reason}") from None
+    while isinstance(state, dict):
+        wrapper = next((k for k in _WRAPPERS if k in state and isinstance(state[k], dict)), None)
+        if wrapper is None:
+            break
+        state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"checkpoint {path} holds no state dict of tensors")
+    return state
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    for prefix in _PREFIXES:
+        if not (state.keys() & expected) and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _listing(keys: list[str], limit: int = 4) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_checkpoint(model: nn.Module, path: Path, convert: Converter | None = None) -> nn.Module:
+    """Load ``path`` into ``model`` strictly (after ``convert``, if given); returns the model in eval mode."""
+    state = read_state_dict(path)
+    return load_state(model, convert(state) if convert else state, str(path))
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Strictly load ``state`` (prefixes stripped where that makes keys match); one-line errors name ``source``."""
+    expected = model.state_dict()
+    state = _strip_prefixes(state, set(expected))
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        parts = [f"missing keys: {_listing(missing)}"] if missing else []
+        parts += [f"unexpected keys: {_listing(unexpected)}"] if unexpected else []
+        raise DataError(f"checkpoint {source} does not fit {type(model).__name__}; " + "; ".join(parts))
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+              if state[k].shape != v.shape]
+    if shapes:
+        raise DataError(f"checkpoint {source}: shape mismatch: {_listing(shapes, 2)}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model.eval()
+
+
+def head_classes(state: dict[str, torch.Tensor]) -> int:
+    """Classes of a timm ViT classifier head in ``state`` (``head.weight [K, C]``), 0 without a head."""
+    for key in ("head.weight", "module.head.weight", "model.head.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    return 0

@@ -1,0 +1,98 @@
+"""Any model tokbench runs, resolved by name: a shipped benchmark model, or a timm ViT (random init or a checkpoint).
+
+``load_model`` returns a ``LoadedModel``: the whole model, the timm ViT the engine prunes, what its output is
+(``detect``, ``action``, ``classify`` or ``features``), and how to build an engine for a method configuration.
+timm models are created with ``pretrained=False``: nothing is downloaded; weights come from ``--checkpoint``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from tokbench import compat
+from tokbench.config import MethodConfig
+from tokbench.engine import StreamingEngine
+from tokbench.errors import ConfigError, unknown_name
+from tokbench.models import SHIPPED, load_shipped, model_card
+from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
+
+KINDS = ("detect", "action", "classify", "features")
+
+
+@dataclass
+class LoadedModel:
+    """A resolved model. ``backbone`` is the timm ViT the engine prunes; ``img_size`` is its input ``(H, W)``."""
+
+    name: str
+    kind: str
+    model: nn.Module
+    backbone: nn.Module
+    img_size: tuple[int, int]
+    card: dict | None = None
+    checkpoint: str | None = None
+
+    def task(self, config: MethodConfig):
+        """The engine task for this model's output."""
+        if self.kind == "detect":
+            from tokbench.models.detector import DetectionTask
+
+            return DetectionTask(self.model, config.anchor_score_thr, config.anchor_clip_end, config.anchor_fallback)
+        if self.kind == "action":
+            from tokbench.models.action import SpatialStepTask
+
+            return SpatialStepTask()
+        from tokbench.tasks import ClassificationTask, FeatureTask
+
+        return ClassificationTask() if self.kind == "classify" else FeatureTask()
+
+    def engine(self, config: MethodConfig) -> StreamingEngine:
+        return StreamingEngine(self.backbone, config, self.task(config))
+
+    def describe(self) -> dict:
+        """Provenance: name, kind, input size, where the weights came from."""
+        weights = self.checkpoint or ("shipped" if self.card else "random init (timm, pretrained=False)")
+        return {"model": self.name, "kind": self.kind, "img_size": list(self.img_size), "weights": weights}
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None) -> LoadedModel:
+    """Resolve ``name``: a shipped model (``tokbench models``) or any timm ViT name."""
+    compat.ensure_torchvision()
+    if name in SHIPPED:
+        if img_size is not None:
+            raise ConfigError(f"{name} is trained at a fixed size; --img-size applies to timm models only")
+        model = load_shipped(name)
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+        kind = SHIPPED[name]
+        backbone = model.backbone if kind == "detect" else model.spatial
+        return LoadedModel(name, kind, model, backbone, tuple(backbone.patch_embed.img_size), model_card(name),
+                           str(checkpoint) if checkpoint else None)
+    import timm
+
+    if not timm.is_model(name):
+        raise unknown_name("model", name, list(SHIPPED) + _timm_names())
+    state = read_state_dict(checkpoint) if checkpoint is not None else None
+    kwargs = {"img_size": img_size} if img_size else {}
+    if state is not None:
+        kwargs["num_classes"] = head_classes(state)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from None
+    if state is not None:
+        load_state(model, state, str(checkpoint))
+    from tokbench.vit import check_supported
+
+    check_supported(model)
+    kind = "classify" if getattr(model, "num_classes", 0) else "features"
+    return LoadedModel(name, kind, model.eval(), model, tuple(model.patch_embed.img_size), None,
+                       str(checkpoint) if checkpoint else None)
