@@ -260,14 +260,23 @@ def test_prepare_out_dir_rejects_unwritable(tmp_path, where):
 # ------------------------------------------------------------------------------------------------ tokbench.ablate
 
 
-def test_expand_window_grid():
+def test_expand_window_grid_with_every_baseline():
     from tokbench.ablate import AblationSpec, expand
 
     configs = expand(AblationSpec(knobs={"window": [0, 1, 2, 3]}))
-    assert len(configs) == 5
-    assert configs[0].policy == "dense"
-    assert [c.policy for c in configs[1:]] == ["rgtp"] * 4
-    assert [c.window for c in configs[1:]] == [0, 1, 2, 3]
+    assert [c.policy for c in configs] == ["dense"] + ["rgtp"] * 4 + ["random"] * 3 + [
+        "grid", "cls-attn", "eventful", "boxmask"]
+    assert [c.window for c in configs[1:5]] == [0, 1, 2, 3]
+    assert [c.seed for c in configs if c.policy == "random"] == [0, 1, 2]
+    assert "boxmask" not in [c.policy for c in expand(AblationSpec(task="action", knobs={"window": [1]}))]
+
+
+def test_expand_baselines_follow_budget_knobs_only():
+    from tokbench.ablate import AblationSpec, expand
+
+    configs = expand(AblationSpec(knobs={"window": [0, 1], "keep_ratio": [0.1, 0.2], "policy": ["rgtp", "grid"]}))
+    assert [(c.policy, c.window, c.keep_ratio) for c in configs if c.policy != "rgtp"] == [
+        ("dense", 1, 0.111), ("grid", 1, 0.1), ("grid", 1, 0.2)]
 
 
 def test_expand_like_the_cli(tmp_path):
@@ -275,7 +284,7 @@ def test_expand_like_the_cli(tmp_path):
     from tokbench.ablate import AblationSpec, expand
 
     knobs = {"window": [0, 1], "keep_ratio": [0.111, 0.25], "reset_every": [8], "head_fusion": None,
-             "similarity": None, "fg_ratio": None, "bg_ratio": None, "policy": None}
+             "similarity": None, "fg_ratio": None, "bg_ratio": None, "policy": ["rgtp"]}
     configs = expand(AblationSpec(knobs=knobs, preset="robust", seed=3))
     assert len(configs) == 1 + 4
     assert [(c.window, c.keep_ratio) for c in configs[1:]] == [(0, 0.111), (0, 0.25), (1, 0.111), (1, 0.25)]

@@ -6,21 +6,19 @@ import itertools
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from tokbench.benchmark import run_action, run_detection
+from tokbench.benchmark import run_model
 from tokbench.config import MethodConfig
 from tokbench.data import SyntheticAction, SyntheticDetection
-from tokbench.engine import FULL, PRUNED, RESET, StreamingEngine
-from tokbench.errors import ConfigError
+from tokbench.engine import FULL, PRUNED, RESET
+from tokbench.errors import ConfigError, DataError
+from tokbench.flop_table import keep_ratio
 from tokbench.frame_flops import frame_costs
-from tokbench.models import load_shipped, model_card
-from tokbench.models.action import SpatialStepTask
-from tokbench.models.detector import DetectionTask
-from tokbench.models.preprocess import normalize
+from tokbench.models.zoo import LoadedModel, load_model
 from tokbench.policies import BASELINES
 from tokbench.results import append_row, config_id, finished_ids, prepare_out_dir, provenance, write_meta
 
@@ -43,19 +41,24 @@ class AblationSpec:
     sampling: list[int] = field(default_factory=lambda: [1, 4])
     preset: str = "default"
     model: str | None = None
+    checkpoint: Path | None = None
+    img_size: int | None = None
+    data: str | None = None  # None: the embedded benchmark; else sample:NAME, a video folder or file
     clips: int = 32
     frames: int | None = None
     seed: int = 0
 
 
-def expand(spec: AblationSpec) -> list[MethodConfig]:
+def expand(spec: AblationSpec, kind: str | None = None) -> list[MethodConfig]:
     """The grid: a dense row, RGTP over the product of all knob lists, baselines over the budget knobs only.
 
-    Without ``policy`` in the knobs, every baseline that applies to the task runs next to RGTP; ``random`` runs
-    ``RANDOM_SEEDS`` seeds.
+    Without ``policy`` in the knobs, every baseline that applies to the model's output ``kind`` (default: the
+    spec's task) runs next to RGTP; ``random`` runs ``RANDOM_SEEDS`` seeds.
     """
     lists = {k: v for k, v in spec.knobs.items() if v}
-    policies = list(dict.fromkeys(lists.pop("policy", None) or DEFAULT_POLICIES[spec.task]))
+    kind = kind or spec.task
+    defaults = DEFAULT_POLICIES["detect" if kind == "detect" else "action"]
+    policies = list(dict.fromkeys(lists.pop("policy", None) or defaults))
     configs = [MethodConfig.from_preset(spec.preset, policy="dense", seed=spec.seed)]
     for policy in [p for p in policies if p != "dense"]:
         names = [n for n in lists if policy == "rgtp" or n not in RGTP_ONLY_KNOBS]
@@ -66,17 +69,21 @@ def expand(spec: AblationSpec) -> list[MethodConfig]:
     return configs
 
 
-def _engine(model, task: str, config: MethodConfig) -> StreamingEngine:
-    if task == "detect":
-        det_task = DetectionTask(model, config.anchor_score_thr, config.anchor_clip_end, config.anchor_fallback)
-        return StreamingEngine(model.backbone, config, det_task)
-    return StreamingEngine(model.spatial, config, SpatialStepTask())
+def open_data(spec: AblationSpec, loaded: LoadedModel):
+    """The embedded benchmark for the model's task (at its input size), or the user's video (``spec.data``)."""
+    size = loaded.img_size[0]
+    if spec.data in (None, "synthetic"):
+        if loaded.kind == "action":
+            return SyntheticAction("val", num_clips=spec.clips, seed=spec.seed)
+        return SyntheticDetection("val", num_clips=spec.clips, size=size, seed=spec.seed)
+    from tokbench.data.video import open_video_data
+
+    steps = loaded.model.spec.num_frames if loaded.kind == "action" else 32
+    return open_video_data(spec.data, size=size, num_frames=steps, max_clips=spec.clips)
 
 
-def _dataset(task: str, clips: int, seed: int):
-    if task == "detect":
-        return SyntheticDetection("val", num_clips=clips, seed=seed)
-    return SyntheticAction("val", num_clips=clips, seed=seed)
+def _dense_reference(out: Path, sampling: int) -> Path:
+    return out / f"dense_outputs_1in{sampling}.pt"
 
 
 def run_ablation(
@@ -87,55 +94,90 @@ def run_ablation(
     on_frames: Callable[[int], None] | None = None,
     on_config: Callable[[str, int], None] | None = None,
 ) -> list[dict]:
-    """Run every configuration not yet in ``out/rows.csv``; returns the rows written in this call."""
+    """Run every configuration not yet in ``out/rows.csv``; returns the rows written in this call.
+
+    The dense configuration runs first; its outputs (kept in ``out/dense_outputs_1in<s>.pt``) score every
+    pruned row's fidelity to dense, next to the labelled metric where the data has labels.
+    """
     if spec.task not in DEFAULT_MODEL:
         raise ConfigError(f"task must be 'detect' or 'action', got {spec.task!r}")
     if any(s < 1 for s in spec.sampling):
         raise ConfigError(f"frame strides must be >= 1, got {spec.sampling}")
-    configs = expand(spec)
+    loaded = load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size)
+    num_patches = loaded.backbone.patch_embed.num_patches
+    keeps = spec.knobs.get("keep_ratio") or []
+    spec = replace(spec, knobs=spec.knobs | {"keep_ratio": [keep_ratio(k, num_patches) for k in keeps] or None})
+    configs = expand(spec, loaded.kind)
+    dataset = open_data(spec, loaded)
+    if len(dataset) == 0:
+        raise DataError("the data holds no clips")
     prepare_out_dir(out)
-    model_name = spec.model or DEFAULT_MODEL[spec.task]
-    model = load_shipped(model_name)
-    dataset = _dataset(spec.task, spec.clips, spec.seed)
     write_meta(out, provenance(
-        command="ablate", task=spec.task, model=model_name, model_card=model_card(model_name),
-        data=dataset.spec() | {"clips_used": spec.clips, "frames_per_clip_limit": spec.frames},
-        sampling=spec.sampling, seeds={"data": spec.seed, "method": spec.seed},
+        command="ablate", task=loaded.kind, model=loaded.name, model_info=loaded.describe(), model_card=loaded.card,
+        data=dataset.spec() | {"clips_used": min(spec.clips, len(dataset)), "frames_per_clip_limit": spec.frames},
+        sampling=spec.sampling, seeds={"data": spec.seed, "method": sorted({c.seed for c in configs})},
         configurations=[c.as_dict() for c in configs], convention="fvcore (1 multiply-add = 1 MAC; attention counted)",
     ))
     rows_csv = out / "rows.csv"
     done = finished_ids(rows_csv)
-    sample = dataset[0].frames[:1]
-    sample = normalize(sample)
-    runner = run_detection if spec.task == "detect" else run_action
+    sample = loaded.normalize(dataset[0].frames[:1])
+    costs_by_config: dict[MethodConfig, dict] = {}
+    references: dict[int, object] = {}
     written = []
+
+    def run(config: MethodConfig, sampling: int, reference=None):
+        torch.manual_seed(config.seed)
+        return run_model(loaded, dataset, config, sampling=sampling, max_clips=spec.clips, max_frames=spec.frames,
+                         progress=on_frames, reference=reference)
+
+    todo = []
     for config in configs:
-        costs = frame_costs(_engine(model, spec.task, config), sample)
         for sampling in spec.sampling:
-            resolved = config.as_dict() | {"sampling": sampling, "task": spec.task, "model": model_name,
+            resolved = config.as_dict() | {"sampling": sampling, "task": loaded.kind, "model": loaded.name,
+                                           "checkpoint": loaded.checkpoint, "data": spec.data or "synthetic",
                                            "clips": spec.clips, "frames": spec.frames}
-            cid = config_id(resolved)
-            if cid in done:
-                continue
-            if on_config:
-                on_config(f"{label(config)} 1/{sampling}", spec.clips)
-            row = {"config_id": cid, **resolved, "convention": "fvcore"}
-            start = time.perf_counter()
-            try:
-                torch.manual_seed(config.seed)
-                result = runner(model, dataset, config, sampling=sampling, max_clips=spec.clips,
-                                max_frames=spec.frames, progress=on_frames)
-                row |= _cost_columns(costs, result.summary) | result.summary | {"error": ""}
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as err:  # a failed configuration becomes a row, the grid goes on
-                row |= {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=3)}
-            row["wall_s"] = round(time.perf_counter() - start, 2)
-            append_row(rows_csv, row)
-            written.append(row)
-            if on_row:
-                on_row(row)
+            todo.append((config, sampling, resolved, config_id(resolved)))
+    pending = {s for c, s, _, cid in todo if c.policy != "dense" and cid not in done}
+    for config, sampling, resolved, cid in todo:
+        dense = config.policy == "dense"
+        if cid in done:
+            if dense and sampling in pending:  # the pruned rows still to run need the dense outputs
+                if on_config:
+                    on_config(f"dense outputs 1/{sampling}", spec.clips)
+                cached = _load_reference(out, sampling)
+                references[sampling] = cached if cached is not None else run(config, sampling).outputs
+            continue
+        if on_config:
+            on_config(f"{label(config)} 1/{sampling}", spec.clips)
+        key = config.replace(seed=0)
+        row = {"config_id": cid, **resolved, "convention": "fvcore"}
+        start = time.perf_counter()
+        try:
+            if key not in costs_by_config:
+                costs_by_config[key] = frame_costs(loaded.engine(config), sample)
+            result = run(config, sampling, None if dense else references.get(sampling))
+            row |= _cost_columns(costs_by_config[key], result.summary) | result.summary | {"error": ""}
+            if dense:
+                references[sampling] = result.outputs
+                torch.save(result.outputs, _dense_reference(out, sampling))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # a failed configuration becomes a row, the grid goes on
+            row |= {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=3)}
+        row["wall_s"] = round(time.perf_counter() - start, 2)
+        append_row(rows_csv, row)
+        written.append(row)
+        if on_row:
+            on_row(row)
     return written
+
+
+def _load_reference(out: Path, sampling: int):
+    path = _dense_reference(out, sampling)
+    try:
+        return torch.load(path, weights_only=True) if path.exists() else None
+    except Exception:  # an unreadable cache is recomputed
+        return None
 
 
 def label(config: MethodConfig) -> str:

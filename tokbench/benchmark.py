@@ -11,27 +11,31 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tokbench.config import MethodConfig
 from tokbench.engine import FrameRecord, StreamingEngine
 from tokbench.errors import ConfigError
-from tokbench.metrics import map50, top1
-from tokbench.models.action import SpatialStepTask, ViViTFactorised
-from tokbench.models.action import normalize as action_normalize
-from tokbench.models.detector import DetectionTask, ViTDetector
-from tokbench.models.detector import normalize as det_normalize
+from tokbench.metrics import cosine, kl_to_dense, map50, map50_vs_dense, top1, top1_agreement
+from tokbench.models.action import ViViTFactorised
+from tokbench.models.detector import ViTDetector
+from tokbench.models.zoo import LoadedModel, wrap_model
 
 Progress = Callable[[int], None]  # called with the number of frames just processed
 
 
+Outputs = Any  # what fidelity compares: detections, logits, or pooled + dense features (see ``run_model``)
+
+
 @dataclass
 class RunResult:
-    """Per-frame records (JSON-ready dicts) and the run's summary metrics."""
+    """Per-frame records (JSON-ready dicts), the run's summary metrics, and its outputs (for fidelity)."""
 
     frames: list[dict]
     summary: dict
+    outputs: Outputs = None
 
 
 def _frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float) -> dict:
@@ -88,8 +92,8 @@ def _stream(engine: StreamingEngine, dataset, normalize, sampling: int, max_clip
         yield clip, steps
 
 
-def run_detection(
-    model: ViTDetector,
+def run_model(
+    loaded: LoadedModel,
     dataset,
     config: MethodConfig,
     *,
@@ -97,40 +101,65 @@ def run_detection(
     max_clips: int | None = None,
     max_frames: int | None = None,
     progress: Progress | None = None,
+    reference: Outputs | None = None,
 ) -> RunResult:
-    """Stream every (sampled) frame of the dataset's clips through the pruned detector; mAP50 over all frames."""
-    task = DetectionTask(model, config.anchor_score_thr, config.anchor_clip_end, config.anchor_fallback)
-    engine = StreamingEngine(model.backbone, config, task)
-    rows, preds, targets = [], [], []
+    """Any resolved model on any dataset: labelled metrics where the data has labels, fidelity to ``reference``
+    (the dense run's ``RunResult.outputs``) where given.
+
+    Outputs per kind: ``detect`` detections per frame; ``action`` logits per clip ``[clips, K]``; ``classify``
+    logits per frame ``[frames, K]``; ``features`` pooled ``[frames, C]`` and dense ``[frames, N', C]`` features.
+    """
+    engine = loaded.engine(config)
+    rows, preds, targets, logits, labels, pooled, tokens = [], [], [], [], [], [], []
     start = time.perf_counter()
-    for clip, steps in _stream(engine, dataset, det_normalize, sampling, max_clips, max_frames, progress):
+    for clip, steps in _stream(engine, dataset, loaded.normalize, sampling, max_clips, max_frames, progress):
         for i, rec, ms in steps:
-            preds.append(rec.predictions[0])
-            targets.append(clip.targets[i])
-            confident = int((rec.predictions[0]["scores"] > 0.3).sum())
-            rows.append(_frame_row(clip.clip_id, i, rec, ms) | {"detections": confident})
-    summary = _summary(rows, time.perf_counter() - start) | {"map50": map50(preds, targets)}
-    return RunResult(rows, summary)
+            rows.append(_frame_row(clip.clip_id, i, rec, ms))
+            if loaded.kind == "detect":
+                preds.append({k: v.cpu() for k, v in rec.predictions[0].items()})
+                if clip.targets is not None:
+                    targets.append(clip.targets[i])
+            elif loaded.kind == "classify":
+                logits.append(rec.predictions.cpu())
+            elif loaded.kind == "features":
+                out = rec.predictions.cpu()
+                pooled.append(out[:, 0] if engine.vit.has_class_token else out[:, engine.vit.num_prefix :].mean(1))
+                tokens.append(out)
+        if loaded.kind == "action":
+            with torch.inference_mode():
+                logits.append(loaded.model.temporal(torch.stack([rec.predictions for _, rec, _ in steps], dim=1)))
+            if clip.label is not None:
+                labels.append(clip.label)
+    summary = _summary(rows, time.perf_counter() - start)
+    if loaded.kind == "detect":
+        outputs: Outputs = preds
+        if targets:
+            summary["map50"] = map50(preds, targets)
+        if reference is not None:
+            summary["map50_vs_dense"] = map50_vs_dense(preds, reference)
+    elif loaded.kind == "features":
+        outputs = {"pooled": torch.cat(pooled), "tokens": torch.cat(tokens)}
+        if reference is not None:
+            summary["cosine_pooled"] = cosine(outputs["pooled"], reference["pooled"])
+            summary["cosine_tokens"] = cosine(outputs["tokens"], reference["tokens"])
+    else:
+        outputs = torch.cat(logits)
+        if labels:
+            summary["top1"] = top1(outputs, torch.tensor(labels))
+        if reference is not None:
+            summary["top1_agreement"] = top1_agreement(outputs, reference)
+            summary["kl_to_dense"] = kl_to_dense(outputs, reference)
+    return RunResult(rows, summary, outputs)
 
 
-def run_action(
-    model: ViViTFactorised,
-    dataset,
-    config: MethodConfig,
-    *,
-    sampling: int = 1,
-    max_clips: int | None = None,
-    max_frames: int | None = None,
-    progress: Progress | None = None,
-) -> RunResult:
-    """Prune the spatial model per step (class-token rollout), classify each clip with the temporal encoder."""
-    engine = StreamingEngine(model.spatial, config, SpatialStepTask())
-    rows, logits, labels = [], [], []
-    start = time.perf_counter()
-    for clip, steps in _stream(engine, dataset, action_normalize, sampling, max_clips, max_frames, progress):
-        rows += [_frame_row(clip.clip_id, i, rec, ms) for i, rec, ms in steps]
-        with torch.inference_mode():
-            logits.append(model.temporal(torch.stack([rec.predictions for _, rec, _ in steps], dim=1)))
-        labels.append(clip.label)
-    summary = _summary(rows, time.perf_counter() - start) | {"top1": top1(torch.cat(logits), torch.tensor(labels))}
-    return RunResult(rows, summary)
+def run_detection(model: ViTDetector, dataset, config: MethodConfig, **kwargs) -> RunResult:
+    """The benchmark detector on a labelled detection dataset: ``summary["map50"]`` over all frames run.
+
+    Keyword arguments as ``run_model`` (``sampling``, ``max_clips``, ``max_frames``, ``progress``, ``reference``).
+    """
+    return run_model(wrap_model("detector", model), dataset, config, **kwargs)
+
+
+def run_action(model: ViViTFactorised, dataset, config: MethodConfig, **kwargs) -> RunResult:
+    """The benchmark action model: RGTP prunes the spatial model per step; ``summary["top1"]`` over clips."""
+    return run_model(wrap_model("action", model), dataset, config, **kwargs)

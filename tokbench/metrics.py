@@ -45,3 +45,8 @@ def kl_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
     """Mean ``KL(dense || pruned)`` of the softmax outputs, in nats."""
     return float(F.kl_div(logits.log_softmax(-1), dense_logits.log_softmax(-1), log_target=True,
                           reduction="batchmean"))
+
+
+def cosine(features: torch.Tensor, dense: torch.Tensor) -> float:
+    """Mean cosine similarity to the dense model's features over the last dim: ``[..., C]`` each."""
+    return float(F.cosine_similarity(features.flatten(0, -2), dense.flatten(0, -2), dim=-1).mean())

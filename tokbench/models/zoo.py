@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from tokbench import compat
@@ -18,6 +19,7 @@ from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, unknown_name
 from tokbench.models import SHIPPED, load_shipped, model_card
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
+from tokbench.models.preprocess import MEAN, STD
 
 KINDS = ("detect", "action", "classify", "features")
 
@@ -33,6 +35,14 @@ class LoadedModel:
     img_size: tuple[int, int]
     card: dict | None = None
     checkpoint: str | None = None
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[..., 3, H, W]`` in [0, 1] -> the model's input normalisation."""
+        mean = torch.tensor(self.mean, device=frames.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=frames.device).view(3, 1, 1)
+        return (frames - mean) / std
 
     def task(self, config: MethodConfig):
         """The engine task for this model's output."""
@@ -46,7 +56,8 @@ class LoadedModel:
             return SpatialStepTask()
         from tokbench.tasks import ClassificationTask, FeatureTask
 
-        return ClassificationTask() if self.kind == "classify" else FeatureTask()
+        # a headless backbone's product is its dense feature map: keep every position (buffers, K/V reuse)
+        return ClassificationTask() if self.kind == "classify" else FeatureTask(dense=True)
 
     def engine(self, config: MethodConfig) -> StreamingEngine:
         return StreamingEngine(self.backbone, config, self.task(config))
@@ -63,6 +74,13 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
+def wrap_model(name: str, model: nn.Module) -> LoadedModel:
+    """A benchmark ``ViTDetector`` / ``ViViTFactorised`` already in memory, as a ``LoadedModel``."""
+    kind = "detect" if hasattr(model, "backbone") else "action"
+    backbone = model.backbone if kind == "detect" else model.spatial
+    return LoadedModel(name, kind, model.eval(), backbone, tuple(backbone.patch_embed.img_size))
+
+
 def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None) -> LoadedModel:
     """Resolve ``name``: a shipped model (``tokbench models``) or any timm ViT name."""
     compat.ensure_torchvision()
@@ -72,10 +90,9 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
         model = load_shipped(name)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
-        kind = SHIPPED[name]
-        backbone = model.backbone if kind == "detect" else model.spatial
-        return LoadedModel(name, kind, model, backbone, tuple(backbone.patch_embed.img_size), model_card(name),
-                           str(checkpoint) if checkpoint else None)
+        loaded = wrap_model(name, model)
+        loaded.card, loaded.checkpoint = model_card(name), str(checkpoint) if checkpoint else None
+        return loaded
     import timm
 
     if not timm.is_model(name):
@@ -94,5 +111,7 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
 
     check_supported(model)
     kind = "classify" if getattr(model, "num_classes", 0) else "features"
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = tuple(cfg.get("mean", MEAN)), tuple(cfg.get("std", STD))
     return LoadedModel(name, kind, model.eval(), model, tuple(model.patch_embed.img_size), None,
-                       str(checkpoint) if checkpoint else None)
+                       str(checkpoint) if checkpoint else None, mean, std)

@@ -1,0 +1,215 @@
+"""flops, report and ablate on user models and video, end to end through ``cli.main()`` (tiny models, tiny data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import timm
+import torch
+
+from tokbench import cli
+from tokbench.flops import vit_closed_form_gmacs
+from tokbench.flops_ref import ViTArch
+
+TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64"]
+
+
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["tokbench", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error(code: int, err: str) -> str:
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def _write_video(path: Path, frames: int = 6, size: int = 64) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            image = np.full((size, size, 3), 60, np.uint8)
+            image[16:32, 4 * t : 4 * t + 16] = 220  # a square moving right
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------ flops
+
+
+def test_flops_json_rows_on_a_tiny_timm_vit(monkeypatch, capsys):
+    code, out, err = _main(monkeypatch, capsys, "flops", *TINY, "--keep", "0.25", "8", "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["keep_tokens"] for r in rows] == [16, 4, 8]
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64)
+    arch = ViTArch(depth=12, dim=192, heads=3, mlp_dim=768, grid=(4, 4), prefix=1)
+    assert rows[0]["gmacs"] == pytest.approx(vit_closed_form_gmacs(arch, num_classes=model.num_classes), rel=1e-4)
+    for row in rows[1:]:
+        assert row["gmacs_pruned"] < row["gmacs"] < row["gmacs_full"]
+        assert row["gmacs_full"] == pytest.approx(rows[0]["gmacs"] + row["overhead_gmacs_rollout_full"], abs=1e-5)
+        assert row["overhead_gmacs_tracking"] == pytest.approx(16 * 9 * 192 / 1e9)
+
+
+@pytest.mark.slow
+def test_flops_vit_base_dense_reads_17_58(monkeypatch, capsys):
+    code, out, err = _main(monkeypatch, capsys, "flops", "--model", "vit_base_patch16_224", "--format", "json")
+    assert code == 0, err
+    assert round(json.loads(out)[0]["gmacs"], 2) == 17.58
+
+
+def test_flops_paper_convention_reproduces_vitdet_b_672(monkeypatch, capsys):
+    common = ["flops", "--model", "vitdet_b", "--img-size", "672", "--keep", "196", "--preset", "reference",
+              "--convention", "paper", "--format", "json"]
+    code, out, err = _main(monkeypatch, capsys, *common, "--window", "1")
+    assert code == 0, err
+    dense, pruned = json.loads(out)
+    assert round(dense["gmacs"], 2) == 174.50
+    assert (round(pruned["gmacs_full"], 2), round(pruned["gmacs_pruned"], 2)) == (174.84, 28.23)
+    table1 = []
+    for r in range(4):
+        _, out, _ = _main(monkeypatch, capsys, *common, "--window", str(r), "--full-fraction", "0.12653")
+        table1.append(round(json.loads(out)[1]["gmacs"], 2))
+    assert table1 == [46.77, 46.78, 46.80, 46.82]
+
+
+def test_flops_csv_and_table_formats(monkeypatch, capsys):
+    code, out, _ = _main(monkeypatch, capsys, "flops", *TINY, "--format", "csv")
+    assert code == 0 and out.splitlines()[0].startswith("policy,keep_ratio,keep_tokens,gmacs")
+    code, out, _ = _main(monkeypatch, capsys, "flops", *TINY, "--by-operator")
+    assert code == 0 and "not counted" in out and "linear" in out
+
+
+# -------------------------------------------------------------------------------------------- models and weights
+
+
+def test_unknown_model_suggests_close_names(monkeypatch, capsys):
+    line = _error(*_main(monkeypatch, capsys, "flops", "--model", "vit_tiny_patch16_22")[::2])
+    assert "vit_tiny_patch16_224" in line
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "wrong-keys", "wrong-shape", "bad-suffix"])
+def test_bad_checkpoints_are_one_line_errors(case, tmp_path, monkeypatch, capsys):
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=0)
+    path = tmp_path / "weights.pth"
+    if case == "corrupt":
+        path.write_bytes(b"not a checkpoint")
+    elif case == "wrong-keys":
+        torch.save({"model": {"encoder.weight": torch.zeros(2)}}, path)
+    elif case == "wrong-shape":
+        state = model.state_dict()
+        state["pos_embed"] = torch.zeros(1, 5, 192)
+        torch.save(state, path)
+    elif case == "bad-suffix":
+        path = tmp_path / "weights.txt"
+        path.write_text("x")
+    line = _error(*_main(monkeypatch, capsys, "flops", *TINY, "--checkpoint", str(path))[::2])
+    assert {"missing": "does not exist", "corrupt": "cannot read", "wrong-keys": "missing keys",
+            "wrong-shape": "shape mismatch", "bad-suffix": "unknown format"}[case] in line
+
+
+def test_checkpoint_loads_into_the_model_it_fits(tmp_path):
+    from tokbench.models.zoo import load_model
+
+    source = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=7)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "w.pth")
+    loaded = load_model("vit_tiny_patch16_224", tmp_path / "w.pth", 64)
+    assert loaded.kind == "classify" and loaded.model.num_classes == 7
+    assert torch.equal(loaded.model.pos_embed, source.pos_embed)
+    from safetensors.torch import save_file
+
+    headless = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=0)
+    save_file(headless.state_dict(), str(tmp_path / "w.safetensors"))
+    assert load_model("vit_tiny_patch16_224", tmp_path / "w.safetensors", 64).kind == "features"
+
+
+# ------------------------------------------------------------------------------------------ ablate on user video
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    _write_video(folder / "a.mp4")
+    _write_video(folder / "b.mp4", frames=5)
+    return folder
+
+
+def _rows(folder: Path) -> list[dict]:
+    with open(folder / "rows.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("checkpoint_head", [7, 0], ids=["classifier", "headless"])
+def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, videos, tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "w.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=checkpoint_head).state_dict(),
+               weights)
+    out = tmp_path / "out"
+    args = ["ablate", *TINY, "--checkpoint", str(weights), "--data", str(videos), "--window", "1", "--keep", "0.25",
+            "--policy", "dense", "rgtp", "random", "--sampling", "1", "--frames", "4", "--videos", "2",
+            "--out", str(out)]
+    code, stdout, err = _main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    rows = _rows(out)
+    assert [r["policy"] for r in rows] == ["dense", "rgtp", "random", "random", "random"]
+    metric = "top1_agreement" if checkpoint_head else "cosine_pooled"
+    assert all(r["error"] == "" for r in rows)
+    values = [float(r[metric]) for r in rows[1:]]
+    assert all(0 <= v <= 100 for v in values) and metric in stdout
+    assert rows[1]["frames"] == "8" and rows[1]["keep_tokens"] == "4"
+    assert (out / "ablation.png").stat().st_size > 0 and json.loads((out / "meta.json").read_text())["data"]
+    code, _, err = _main(monkeypatch, capsys, *args)  # everything is finished: nothing runs again
+    assert code == 0 and len(_rows(out)) == 5
+
+
+@pytest.mark.parametrize("data", ["missing-folder", "empty-folder", "corrupt-video", "unknown-sample"])
+def test_bad_video_data_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
+    where = {"missing-folder": str(tmp_path / "nope"), "empty-folder": str(tmp_path / "empty"),
+             "corrupt-video": str(tmp_path / "bad"), "unknown-sample": "sample:bikez"}[data]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.mp4").write_text("not a video")
+    code, _, err = _main(monkeypatch, capsys, "ablate", *TINY, "--data", where, "--policy", "rgtp", "--window", "1",
+                         "--sampling", "1", "--videos", "1", "--frames", "2", "--out", str(tmp_path / "out"))
+    line = _error(code, err)
+    assert {"missing-folder": "nope", "empty-folder": "no video", "corrupt-video": "x.mp4",
+            "unknown-sample": "bikes"}[data] in line
+
+
+# ------------------------------------------------------------------------------------------------------- report
+
+
+def test_report_reads_folders_and_writes_tables_and_plots(videos, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = _main(monkeypatch, capsys, "ablate", *TINY, "--data", str(videos), "--window", "0", "1",
+                         "--policy", "rgtp", "grid", "--sampling", "1", "2", "--frames", "3", "--videos", "1",
+                         "--out", str(out))
+    assert code == 0, err
+    code, stdout, err = _main(monkeypatch, capsys, "report", str(out), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "rgtp r=0" in text and "rgtp r=1" in text and "grid" in text and "dense" in text
+    assert "cosine_pooled" in text or "top1_agreement" in text
+    assert (tmp_path / "report" / "pareto_0.png").exists() and (tmp_path / "report" / "window_0.png").exists()
+    line = _error(*_main(monkeypatch, capsys, "report", str(tmp_path / "nothing-here"))[::2])
+    assert "rows.csv" in line
