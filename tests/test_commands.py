@@ -213,3 +213,25 @@ def test_report_reads_folders_and_writes_tables_and_plots(videos, tmp_path, monk
     assert (tmp_path / "report" / "pareto_0.png").exists() and (tmp_path / "report" / "window_0.png").exists()
     line = _error(*_main(monkeypatch, capsys, "report", str(tmp_path / "nothing-here"))[::2])
     assert "rows.csv" in line
+
+
+# -------------------------------------------------------------------------------------------------------- bench
+
+
+def test_bench_smoke_on_a_tiny_model_gives_well_formed_rows(tmp_path, monkeypatch, capsys):
+    code, out, err = _main(monkeypatch, capsys, "bench", *TINY, "--keep", "0.25", "--policy", "rgtp", "--policy",
+                           "random", "--frames", "4", "--repeats", "1", "--batch", "2", "--format", "json",
+                           "--out", str(tmp_path / "bench"))
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["timm forward_features", "timm forward_features (explicit attention)",
+                                         "tokbench dense", "rgtp keep=0.25", "random keep=0.25"]
+    for row in rows:
+        assert {"policy", "keep_tokens", "step_ms_median", "speedup_vs_dense", "gmacs_ratio_vs_dense",
+                "overhead_pct"} <= row.keys()
+        assert row["step_ms_median"] > 0 and row["step_ms_iqr"] >= 0
+    dense, rgtp = rows[2], rows[3]
+    assert dense["speedup_vs_dense"] == 1.0 and dense["keep_tokens"] == 16
+    assert rgtp["frame_kind"] == "pruned" and rgtp["keep_tokens"] == 4 and rgtp["steps_timed"] == 3
+    assert rgtp["gmacs_ratio_vs_dense"] > 1 and rgtp["overhead_ms"] > 0 and rows[4]["overhead_ms"] < rgtp["overhead_ms"]
+    assert (tmp_path / "bench" / "rows.csv").exists() and (tmp_path / "bench" / "meta.json").exists()

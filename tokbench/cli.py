@@ -254,6 +254,62 @@ def flops(
 
 
 @app.command()
+def bench(
+    model: Annotated[str, typer.Option(help="Shipped model or any timm ViT name.")] = "synthvid-det",
+    checkpoint: CheckpointOption = None,
+    img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
+    keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="Policies to time (default: rgtp grid).")] = None,
+    window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
+    reset: Annotated[int, typer.Option(min=0, help="Reset interval k (0 = never).")] = 8,
+    preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
+    frames: Annotated[int, typer.Option(min=2, help="Frames per timed clip.")] = 16,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed clips per variant (after warm-up).")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up clips per variant.")] = 1,
+    batch: Annotated[int, typer.Option(min=1, help="Clips in lockstep for the throughput column.")] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
+    out: Annotated[Path | None, typer.Option(help="Also write rows.csv and meta.json here.")] = None,
+) -> None:
+    """Wall-clock: streaming batch-1 latency (median, IQR), throughput, speed-up next to the GMACs ratio,
+    and the method's overhead, for dense and each policy at each budget."""
+    import torch
+
+    from tokbench.bench import run_bench
+    from tokbench.config import MethodConfig
+    from tokbench.flop_table import keep_ratio
+    from tokbench.models.zoo import load_model
+    from tokbench.results import append_row, prepare_out_dir, provenance, write_meta
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TokbenchError("--device cuda, but torch sees no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(model, checkpoint, img_size)
+    num_patches = loaded.backbone.patch_embed.num_patches
+    keeps = [keep_ratio(k, num_patches) for k in (keep or [0.25])]
+    base = MethodConfig.from_preset(preset, window=window, reset_every=reset)
+    for name in policy or []:
+        base.replace(policy=name)  # validates the name before anything runs
+    if out:
+        prepare_out_dir(out)
+    with err_console.status("timing") as status:
+        rows = run_bench(loaded, keeps, policy or ["rgtp", "grid"], base=base, frames=frames, repeats=repeats,
+                         warmup=warmup, batch=batch, device=device, on_progress=status.update)
+    if out:
+        (out / "rows.csv").unlink(missing_ok=True)
+        for row in rows:
+            append_row(out / "rows.csv", row)
+        write_meta(out, provenance(command="bench", model_info=loaded.describe(), device_requested=device,
+                                   configuration=base.as_dict(), keeps=keeps, frames=frames, repeats=repeats))
+    title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}, batch 1 streaming on {device} "
+             f"({torch.get_num_threads()} threads); medians over {repeats} clips x {frames} frames; "
+             "speed-up and GMACs ratio (fvcore) of the timed frame kind vs tokbench dense")
+    _print_rows(rows, fmt, title)
+
+
+@app.command()
 def run(
     task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
     model: ModelOption = None,
@@ -293,7 +349,7 @@ def run(
 LIST_OPTIONS = frozenset(
     ("--window", "--keep", "--reset", "--head-fusion", "--similarity", "--fg-ratio", "--bg-ratio", "--policy",
      "--sampling")
-)
+)  # commands taking one value per option (run, flops, bench) reject a second value as a usage error
 
 
 def expand_list_options(argv: list[str]) -> list[str]:

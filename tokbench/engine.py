@@ -7,7 +7,9 @@ B clips in lockstep, N patches, P prefix tokens, N' = P + N, S = tokens in the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,9 +125,19 @@ class StreamingEngine:
             raise ConfigError("cls-attn scores tokens by block 0's attention; it needs cut=block0")
         if config.policy == "boxmask" and not hasattr(task, "box_mask"):
             raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
-        self._clips = 0
         mode = config.reset_mode
         self.reset_mode = ("full" if task.dense else "pattern") if mode == "auto" else mode
+        self._clips = 0
+        self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds spent in select / rollout
+
+    @contextmanager
+    def _timed(self, part: str):
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
     def new_state(self) -> ClipState:
         """Fresh per-clip state; the random policy's generator is seeded by (seed, clip number)."""
@@ -147,7 +159,8 @@ class StreamingEngine:
         keep = seq = None
         fused: dict[int, torch.Tensor] = {}
         if cfg.cut == "input":
-            keep = self._select(kind, state, z, grid, None)
+            with self._timed("select"):
+                keep = self._select(kind, state, z, grid, None)
             seq = None if keep is None else _seq_index(keep, vit.num_prefix)
             x = x if seq is None else gather_tokens(x, seq)
         for i, blk in enumerate(vit.blocks):
@@ -159,10 +172,12 @@ class StreamingEngine:
             need_probs = self.rollout or (i == 0 and self.policy == "cls-attn")
             out, probs = vit.attend(blk, q, k, v, need_probs=need_probs)
             if probs is not None and self.rollout:
-                fused[i] = fuse_heads(probs, cfg.head_fusion)
+                with self._timed("rollout"):
+                    fused[i] = fuse_heads(probs, cfg.head_fusion)
             x = vit.attn_residual(blk, x, out)
             if i == 0 and cfg.cut == "block0":
-                keep = self._select(kind, state, z, grid, probs)
+                with self._timed("select"):
+                    keep = self._select(kind, state, z, grid, probs)
                 if keep is not None:
                     seq = _seq_index(keep, vit.num_prefix)
                     x = gather_tokens(x, seq)
@@ -179,10 +194,11 @@ class StreamingEngine:
             predictions=predictions,
         )
         if self.rollout:
-            start = self.task.rollout_start(vit, predictions, tokens, grid)
-            record.heatmap, record.degenerate_heatmaps = self._heatmap(
-                state, kind, fused, start, seq, keep, keys0, z
-            )
+            with self._timed("rollout"):
+                start = self.task.rollout_start(vit, predictions, tokens, grid)
+                record.heatmap, record.degenerate_heatmaps = self._heatmap(
+                    state, kind, fused, start, seq, keep, keys0, z
+                )
         if self.policy == "eventful":
             fresh = z if keep is None else gather_tokens(z, keep)
             state.reference = z.clone() if keep is None else scatter_tokens(state.reference, keep, fresh)

@@ -1,0 +1,178 @@
+"""Wall-clock benchmark: do the FLOP savings turn into speed?
+
+Streaming latency is measured at batch 1 the way a video runs: frame t waits for frame t-1, state carries over,
+every step is timed on its own (``torch.cuda.synchronize`` around it on a GPU). Engines are interleaved
+round-robin, one clip each per repeat, so drift on a shared machine hits every row alike. Reported: the median
+and IQR of the steps of each frame kind, the speed-up of pruned frames over tokbench's dense frame next to the
+GMACs ratio of the same frames, and the method's own time (scoring, tracking, selection, rollout) in ms and as
+a share of the pruned frame. Throughput runs ``batch`` clips in lockstep.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tokbench.config import MethodConfig
+from tokbench.engine import FULL, PRUNED, StreamingEngine
+from tokbench.frame_flops import frame_costs
+from tokbench.models.zoo import LoadedModel
+
+
+@dataclass
+class Entry:
+    """One timed variant: a name, a policy, and a function running one frame given the clip's state."""
+
+    name: str
+    policy: str
+    config: MethodConfig | None
+    engine: StreamingEngine | None
+    step: Callable[[torch.Tensor, object], str]  # (frame [B, 3, H, W], state) -> frame kind
+    new_state: Callable[[], object]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (0.0, 0.0)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def moving_clip(loaded: LoadedModel, frames: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """``[T, B, 3, H, W]`` normalised input with real motion: a textured image panning 2 px per frame."""
+    h, w = loaded.img_size
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(batch, 3, h // 8, (w + 2 * frames) // 8 + 1, generator=gen)
+    canvas = torch.nn.functional.interpolate(base, scale_factor=8, mode="bilinear")
+    clip = torch.stack([canvas[..., 2 * t : 2 * t + w][..., :h, :] for t in range(frames)])
+    return loaded.normalize(clip)
+
+
+def _timm_entry(loaded: LoadedModel, fused: bool) -> Entry:
+    """timm's own ``forward_features`` (fused SDPA or its explicit attention path), frame by frame."""
+    model = loaded.backbone
+    attns = [blk.attn for blk in model.blocks]
+
+    def step(frame: torch.Tensor, state) -> str:
+        saved = [a.fused_attn for a in attns]
+        for a in attns:
+            a.fused_attn = fused
+        try:
+            with torch.inference_mode():
+                model.forward_features(frame)
+        finally:
+            for a, f in zip(attns, saved, strict=True):
+                a.fused_attn = f
+        return FULL
+
+    name = "timm forward_features" + ("" if fused else " (explicit attention)")
+    return Entry(name, "dense", None, None, step, lambda: None)
+
+
+def _engine_entry(loaded: LoadedModel, config: MethodConfig, name: str) -> Entry:
+    engine = loaded.engine(config)
+    return Entry(name, config.policy, config, engine, lambda f, s: engine.step(f, s).kind, engine.new_state)
+
+
+def run_bench(
+    loaded: LoadedModel,
+    keeps: list[float],
+    policies: list[str],
+    *,
+    base: MethodConfig,
+    frames: int = 16,
+    repeats: int = 5,
+    warmup: int = 1,
+    batch: int = 8,
+    device: str = "cpu",
+    on_progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Rows: timm (fused / explicit), tokbench dense, then each policy at each keep ratio."""
+    dev = torch.device(device)
+    loaded.model.to(dev)
+    entries = [_timm_entry(loaded, True), _timm_entry(loaded, False),
+               _engine_entry(loaded, base.replace(policy="dense"), "tokbench dense")]
+    for keep in keeps:
+        for policy in policies:
+            config = base.replace(policy=policy, keep_ratio=keep)
+            entries.append(_engine_entry(loaded, config, f"{policy} keep={keep:g}"))
+    clip = moving_clip(loaded, frames).to(dev)
+    steps: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # name -> kind -> step ms
+    method: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # select + rollout ms per step
+    for r in range(warmup + repeats):
+        for entry in entries:
+            if on_progress:
+                on_progress(f"repeat {r + 1}/{warmup + repeats}: {entry.name}")
+            state = entry.new_state()
+            for frame in clip:
+                if entry.engine is not None:
+                    entry.engine.timings = {}
+                _sync(dev)
+                start = time.perf_counter()
+                kind = entry.step(frame, state)
+                _sync(dev)
+                if r >= warmup:
+                    steps[entry.name].setdefault(kind, []).append((time.perf_counter() - start) * 1000)
+                    spent = sum(entry.engine.timings.values()) if entry.engine is not None else 0.0
+                    method[entry.name].setdefault(kind, []).append(spent * 1000)
+            if entry.engine is not None:
+                entry.engine.timings = None
+    throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
+    return _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch)
+
+
+def _throughput(entry: Entry, clip: torch.Tensor, dev: torch.device) -> float:
+    """Frames per second with ``B`` clips in lockstep (``clip [T, B, 3, H, W]``), after one warm-up clip."""
+    for _ in range(2):  # a warm-up clip, then the timed one
+        state = entry.new_state()
+        _sync(dev)
+        start = time.perf_counter()
+        for frame in clip:
+            entry.step(frame, state)
+        _sync(dev)
+    return clip.shape[0] * clip.shape[1] / (time.perf_counter() - start)
+
+
+def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, batch) -> list[dict]:
+    costs = {e.name: frame_costs(e.engine, sample) for e in entries if e.engine is not None}
+    dense_ms = statistics.median(steps["tokbench dense"][FULL])
+    dense_gmacs = costs["tokbench dense"][FULL].gmacs
+    timm_ms = statistics.median(steps["timm forward_features"][FULL])
+    rows = []
+    for entry in entries:
+        kind = PRUNED if PRUNED in steps[entry.name] else FULL
+        times = steps[entry.name][kind]
+        median = statistics.median(times)
+        q1, q3 = _quartiles(times)
+        cost = costs.get(entry.name, {}).get(kind)
+        method_ms = statistics.median(method[entry.name][kind])
+        row = {
+            "name": entry.name,
+            "policy": entry.policy,
+            "keep_tokens": cost.kept_tokens if cost else loaded.backbone.patch_embed.num_patches,
+            "frame_kind": kind,
+            "step_ms_median": round(median, 3),
+            "step_ms_iqr": round(q3 - q1, 3),
+            "steps_timed": len(times),
+            "speedup_vs_dense": round(dense_ms / median, 3),
+            "gmacs": round(cost.gmacs, 5) if cost else round(dense_gmacs, 5),
+            "gmacs_ratio_vs_dense": round(dense_gmacs / cost.gmacs, 3) if cost else 1.0,
+            "speedup_over_gmacs_ratio": round((dense_ms / median) / (dense_gmacs / cost.gmacs), 3) if cost else None,
+            "vs_timm": round(timm_ms / median, 3),
+            "overhead_ms": round(method_ms, 3),
+            "overhead_pct": round(100 * method_ms / median, 2),
+            f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),
+            "repeats": repeats,
+            "frames_per_clip": frames,
+        }
+        rows.append(row)
+    return rows
