@@ -119,7 +119,7 @@ def ablate(
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
     data: DataOption = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
-    videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 32,
+    videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 24,
     frames: Annotated[int | None, typer.Option(min=1, help="At most this many (sampled) frames per clip.")] = None,
     seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder (rows.csv, ablation.md/png, meta.json).")] = Path(
