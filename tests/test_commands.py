@@ -178,8 +178,10 @@ def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, v
     assert all(0 <= v <= 100 for v in values) and metric in stdout
     assert rows[1]["frames"] == "8" and rows[1]["keep_tokens"] == "4"
     assert (out / "ablation.png").stat().st_size > 0 and json.loads((out / "meta.json").read_text())["data"]
+    meta = (out / "meta.json").read_text()
     code, _, err = _main(monkeypatch, capsys, *args)  # everything is finished: nothing runs again
     assert code == 0 and len(_rows(out)) == 5
+    assert (out / "meta.json").read_text() == meta  # the provenance of the run that made the rows stays
 
 
 @pytest.mark.parametrize("data", ["missing-folder", "empty-folder", "corrupt-video", "unknown-sample"])

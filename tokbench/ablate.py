@@ -132,12 +132,6 @@ def run_ablation(
     if len(dataset) == 0:
         raise DataError("the data holds no clips")
     prepare_out_dir(out)
-    write_meta(out, provenance(
-        command="ablate", task=loaded.kind, model=loaded.name, model_info=loaded.describe(), model_card=loaded.card,
-        data=dataset.spec() | {"clips_used": min(spec.clips, len(dataset)), "frames_per_clip_limit": spec.frames},
-        sampling=spec.sampling, seeds={"data": spec.seed, "method": sorted({c.seed for c in configs})},
-        configurations=[c.as_dict() for c in configs], convention="fvcore (1 multiply-add = 1 MAC; attention counted)",
-    ))
     rows_csv = out / "rows.csv"
     done = finished_ids(rows_csv)
     sample = loaded.normalize(dataset[0].frames[:1])
@@ -158,6 +152,16 @@ def run_ablation(
                                            "clips": spec.clips, "frames": spec.frames}
             todo.append((config, sampling, resolved, config_id(resolved)))
     pending = {s for c, s, _, cid in todo if c.policy != "dense" and cid not in done}
+    # a rerun with nothing left to do keeps the provenance of the run that produced the rows
+    if not (out / "meta.json").exists() or any(cid not in done for *_, cid in todo):
+        data = dataset.spec() | {"clips_used": min(spec.clips, len(dataset)), "frames_per_clip_limit": spec.frames}
+        write_meta(out, provenance(
+            command="ablate", task=loaded.kind, model=loaded.name, model_info=loaded.describe(),
+            model_card=loaded.card, data=data, sampling=spec.sampling,
+            seeds={"data": spec.seed, "method": sorted({c.seed for c in configs})},
+            configurations=[c.as_dict() for c in configs],
+            convention="fvcore (1 multiply-add = 1 MAC; attention counted)",
+        ))
     for config, sampling, resolved, cid in todo:
         dense = config.policy == "dense"
         if cid in done:
