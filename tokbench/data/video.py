@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,37 +49,37 @@ def _reason(err: Exception) -> str:
     return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
+@contextmanager
+def _video_stream(path: str | Path):
+    """Open ``path`` and yield ``(container, first video stream)``; PyAV errors and a missing stream, raised
+    while open or inside the block, become ``DataError``."""
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"cannot read video {path}: no video stream")
+            yield container, container.streams.video[0]
+    except (av.FFmpegError, OSError) as err:
+        raise DataError(f"cannot read video {path}: {_reason(err)}") from err
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Decode the first video stream of ``path`` in order: uint8 ``[H, W, 3]`` RGB per frame.
 
     Closing the iterator early (``break``) closes the file. Raises ``DataError`` for a file PyAV cannot read.
     """
-    av = _av()
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"cannot read video {path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-    except (av.FFmpegError, OSError) as err:
-        raise DataError(f"cannot read video {path}: {_reason(err)}") from err
+    with _video_stream(path) as (container, stream):
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="rgb24")
 
 
 def count_frames(path: str | Path) -> int:
     """The number of frames of ``path``'s first video stream: the container's count, else one per demuxed packet."""
-    av = _av()
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"cannot read video {path}: no video stream")
-            stream = container.streams.video[0]
-            if stream.frames > 0:
-                return int(stream.frames)
-            return sum(1 for packet in container.demux(stream) if packet.size > 0)
-    except (av.FFmpegError, OSError) as err:
-        raise DataError(f"cannot read video {path}: {_reason(err)}") from err
+    with _video_stream(path) as (container, stream):
+        if stream.frames > 0:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
 def to_float(rgb: np.ndarray) -> torch.Tensor:
