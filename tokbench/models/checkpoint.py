@@ -86,8 +86,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 def head_classes(state: dict[str, torch.Tensor]) -> int:
-    """Classes of a timm ViT classifier head in ``state`` (``head.weight [K, C]``), 0 without a head."""
-    for key in ("head.weight", "module.head.weight", "model.head.weight"):
-        if key in state:
-            return int(state[key].shape[0])
+    """Classes of a timm ViT classifier head in ``state`` (``head.weight [K, C]``, maybe under a wrapper prefix),
+    0 without a head."""
+    for prefix in ("", *_PREFIXES):
+        if f"{prefix}head.weight" in state:
+            return int(state[f"{prefix}head.weight"].shape[0])
     return 0

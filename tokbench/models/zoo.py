@@ -19,7 +19,7 @@ from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, unknown_name
 from tokbench.models import SHIPPED, load_shipped, model_card
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
-from tokbench.models.preprocess import MEAN, STD
+from tokbench.models.preprocess import MEAN, STD, normalize
 
 KINDS = ("detect", "action", "classify", "features")
 
@@ -40,9 +40,7 @@ class LoadedModel:
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """``[..., 3, H, W]`` in [0, 1] -> the model's input normalisation."""
-        mean = torch.tensor(self.mean, device=frames.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=frames.device).view(3, 1, 1)
-        return (frames - mean) / std
+        return normalize(frames, self.mean, self.std)
 
     def task(self, config: MethodConfig):
         """The engine task for this model's output."""
