@@ -33,17 +33,6 @@ def _tokbench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def _main(monkeypatch, capsys, *args: str) -> tuple[int | str | None, str, str]:
-    """Run ``cli.main()`` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tokbench", *args])
-    code: int | str | None = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def _nonblank(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
@@ -110,8 +99,8 @@ _ALL_BAD = [*_BAD_INPUT, "out-under-proc", "out-under-a-file"]
 
 
 @pytest.mark.parametrize("case", _ALL_BAD)
-def test_bad_input_is_an_error_line_and_exit_1(case, tmp_path, monkeypatch, capsys):
-    code, _, err = _main(monkeypatch, capsys, *_bad_input_cases(tmp_path)[case])
+def test_bad_input_is_an_error_line_and_exit_1(case, tmp_path, run_cli):
+    code, _, err = run_cli(*_bad_input_cases(tmp_path)[case])
     assert code == 1, err
     assert "Traceback" not in err
     errors = [line for line in _nonblank(err) if line.startswith("error:")]
@@ -121,15 +110,15 @@ def test_bad_input_is_an_error_line_and_exit_1(case, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.parametrize("case", _ALL_BAD)
-def test_bad_input_stderr_is_one_line(case, tmp_path, monkeypatch, capsys):
-    code, _, err = _main(monkeypatch, capsys, *_bad_input_cases(tmp_path)[case])
+def test_bad_input_stderr_is_one_line(case, tmp_path, run_cli):
+    code, _, err = run_cli(*_bad_input_cases(tmp_path)[case])
     assert code == 1
     assert err.startswith("error:") and err.count("\n") == 1, repr(err)  # no bar, no blank line
 
 
-def test_bad_input_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
+def test_bad_input_leaves_no_output_folder(tmp_path, run_cli):
     out = tmp_path / "out"
-    code, _, _ = _main(monkeypatch, capsys, "ablate", "--window", "-1", "--out", str(out))
+    code, _, _ = run_cli("ablate", "--window", "-1", "--out", str(out))
     assert code == 1
     assert not out.exists()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import av
@@ -13,22 +12,11 @@ import pytest
 import timm
 import torch
 
-from tokbench import cli
 from tokbench.flops import vit_closed_form_gmacs
 from tokbench.flops_ref import ViTArch
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64"]
 
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tokbench", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _error(code: int, err: str) -> str:
@@ -57,8 +45,8 @@ def _write_video(path: Path, frames: int = 6, size: int = 64) -> Path:
 # ------------------------------------------------------------------------------------------------------------ flops
 
 
-def test_flops_json_rows_on_a_tiny_timm_vit(monkeypatch, capsys):
-    code, out, err = _main(monkeypatch, capsys, "flops", *TINY, "--keep", "0.25", "8", "--format", "json")
+def test_flops_json_rows_on_a_tiny_timm_vit(run_cli):
+    code, out, err = run_cli("flops", *TINY, "--keep", "0.25", "8", "--format", "json")
     assert code == 0, err
     rows = json.loads(out)
     assert [r["keep_tokens"] for r in rows] == [16, 4, 8]
@@ -72,44 +60,44 @@ def test_flops_json_rows_on_a_tiny_timm_vit(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_flops_vit_base_dense_reads_17_58(monkeypatch, capsys):
-    code, out, err = _main(monkeypatch, capsys, "flops", "--model", "vit_base_patch16_224", "--format", "json")
+def test_flops_vit_base_dense_reads_17_58(run_cli):
+    code, out, err = run_cli("flops", "--model", "vit_base_patch16_224", "--format", "json")
     assert code == 0, err
     assert round(json.loads(out)[0]["gmacs"], 2) == 17.58
 
 
-def test_flops_paper_convention_reproduces_vitdet_b_672(monkeypatch, capsys):
+def test_flops_paper_convention_reproduces_vitdet_b_672(run_cli):
     common = ["flops", "--model", "vitdet_b", "--img-size", "672", "--keep", "196", "--preset", "reference",
               "--convention", "paper", "--format", "json"]
-    code, out, err = _main(monkeypatch, capsys, *common, "--window", "1")
+    code, out, err = run_cli(*common, "--window", "1")
     assert code == 0, err
     dense, pruned = json.loads(out)
     assert round(dense["gmacs"], 2) == 174.50
     assert (round(pruned["gmacs_full"], 2), round(pruned["gmacs_pruned"], 2)) == (174.84, 28.23)
     table1 = []
     for r in range(4):
-        _, out, _ = _main(monkeypatch, capsys, *common, "--window", str(r), "--full-fraction", "0.12653")
+        _, out, _ = run_cli(*common, "--window", str(r), "--full-fraction", "0.12653")
         table1.append(round(json.loads(out)[1]["gmacs"], 2))
     assert table1 == [46.77, 46.78, 46.80, 46.82]
 
 
-def test_flops_csv_and_table_formats(monkeypatch, capsys):
-    code, out, _ = _main(monkeypatch, capsys, "flops", *TINY, "--format", "csv")
+def test_flops_csv_and_table_formats(run_cli):
+    code, out, _ = run_cli("flops", *TINY, "--format", "csv")
     assert code == 0 and out.splitlines()[0].startswith("policy,keep_ratio,keep_tokens,gmacs")
-    code, out, _ = _main(monkeypatch, capsys, "flops", *TINY, "--by-operator")
+    code, out, _ = run_cli("flops", *TINY, "--by-operator")
     assert code == 0 and "not counted" in out and "linear" in out
 
 
 # -------------------------------------------------------------------------------------------- models and weights
 
 
-def test_unknown_model_suggests_close_names(monkeypatch, capsys):
-    line = _error(*_main(monkeypatch, capsys, "flops", "--model", "vit_tiny_patch16_22")[::2])
+def test_unknown_model_suggests_close_names(run_cli):
+    line = _error(*run_cli("flops", "--model", "vit_tiny_patch16_22")[::2])
     assert "vit_tiny_patch16_224" in line
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "wrong-keys", "wrong-shape", "bad-suffix"])
-def test_bad_checkpoints_are_one_line_errors(case, tmp_path, monkeypatch, capsys):
+def test_bad_checkpoints_are_one_line_errors(case, tmp_path, run_cli):
     model = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=0)
     path = tmp_path / "weights.pth"
     if case == "corrupt":
@@ -123,7 +111,7 @@ def test_bad_checkpoints_are_one_line_errors(case, tmp_path, monkeypatch, capsys
     elif case == "bad-suffix":
         path = tmp_path / "weights.txt"
         path.write_text("x")
-    line = _error(*_main(monkeypatch, capsys, "flops", *TINY, "--checkpoint", str(path))[::2])
+    line = _error(*run_cli("flops", *TINY, "--checkpoint", str(path))[::2])
     assert {"missing": "does not exist", "corrupt": "cannot read", "wrong-keys": "missing keys",
             "wrong-shape": "shape mismatch", "bad-suffix": "unknown format"}[case] in line
 
@@ -160,7 +148,7 @@ def _rows(folder: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("checkpoint_head", [7, 0], ids=["classifier", "headless"])
-def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, videos, tmp_path, monkeypatch, capsys):
+def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, videos, tmp_path, run_cli):
     weights = tmp_path / "w.pth"
     torch.save(timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=checkpoint_head).state_dict(),
                weights)
@@ -168,7 +156,7 @@ def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, v
     args = ["ablate", *TINY, "--checkpoint", str(weights), "--data", str(videos), "--window", "1", "--keep", "0.25",
             "--policy", "dense", "rgtp", "random", "--sampling", "1", "--frames", "4", "--videos", "2",
             "--out", str(out)]
-    code, stdout, err = _main(monkeypatch, capsys, *args)
+    code, stdout, err = run_cli(*args)
     assert code == 0, err
     rows = _rows(out)
     assert [r["policy"] for r in rows] == ["dense", "rgtp", "random", "random", "random"]
@@ -179,19 +167,19 @@ def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, v
     assert rows[1]["frames"] == "8" and rows[1]["keep_tokens"] == "4"
     assert (out / "ablation.png").stat().st_size > 0 and json.loads((out / "meta.json").read_text())["data"]
     meta = (out / "meta.json").read_text()
-    code, _, err = _main(monkeypatch, capsys, *args)  # everything is finished: nothing runs again
+    code, _, err = run_cli(*args)  # everything is finished: nothing runs again
     assert code == 0 and len(_rows(out)) == 5
     assert (out / "meta.json").read_text() == meta  # the provenance of the run that made the rows stays
 
 
 @pytest.mark.parametrize("data", ["missing-folder", "empty-folder", "corrupt-video", "unknown-sample"])
-def test_bad_video_data_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
+def test_bad_video_data_is_a_one_line_error(data, tmp_path, run_cli):
     where = {"missing-folder": str(tmp_path / "nope"), "empty-folder": str(tmp_path / "empty"),
              "corrupt-video": str(tmp_path / "bad"), "unknown-sample": "sample:bikez"}[data]
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.mp4").write_text("not a video")
-    code, _, err = _main(monkeypatch, capsys, "ablate", *TINY, "--data", where, "--policy", "rgtp", "--window", "1",
+    code, _, err = run_cli("ablate", *TINY, "--data", where, "--policy", "rgtp", "--window", "1",
                          "--sampling", "1", "--videos", "1", "--frames", "2", "--out", str(tmp_path / "out"))
     line = _error(code, err)
     assert {"missing-folder": "nope", "empty-folder": "no video", "corrupt-video": "x.mp4",
@@ -201,27 +189,27 @@ def test_bad_video_data_is_a_one_line_error(data, tmp_path, monkeypatch, capsys)
 # ------------------------------------------------------------------------------------------------------- report
 
 
-def test_report_reads_folders_and_writes_tables_and_plots(videos, tmp_path, monkeypatch, capsys):
+def test_report_reads_folders_and_writes_tables_and_plots(videos, tmp_path, run_cli):
     out = tmp_path / "run"
-    code, _, err = _main(monkeypatch, capsys, "ablate", *TINY, "--data", str(videos), "--window", "0", "1",
+    code, _, err = run_cli("ablate", *TINY, "--data", str(videos), "--window", "0", "1",
                          "--policy", "rgtp", "grid", "--sampling", "1", "2", "--frames", "3", "--videos", "1",
                          "--out", str(out))
     assert code == 0, err
-    code, stdout, err = _main(monkeypatch, capsys, "report", str(out), "--out", str(tmp_path / "report"))
+    code, stdout, err = run_cli("report", str(out), "--out", str(tmp_path / "report"))
     assert code == 0, err
     text = (tmp_path / "report" / "report.md").read_text()
     assert "rgtp r=0" in text and "rgtp r=1" in text and "grid" in text and "dense" in text
     assert "cosine_pooled" in text or "top1_agreement" in text
     assert (tmp_path / "report" / "pareto_0.png").exists() and (tmp_path / "report" / "window_0.png").exists()
-    line = _error(*_main(monkeypatch, capsys, "report", str(tmp_path / "nothing-here"))[::2])
+    line = _error(*run_cli("report", str(tmp_path / "nothing-here"))[::2])
     assert "rows.csv" in line
 
 
 # -------------------------------------------------------------------------------------------------------- bench
 
 
-def test_bench_smoke_on_a_tiny_model_gives_well_formed_rows(tmp_path, monkeypatch, capsys):
-    code, out, err = _main(monkeypatch, capsys, "bench", *TINY, "--keep", "0.25", "--policy", "rgtp", "--policy",
+def test_bench_smoke_on_a_tiny_model_gives_well_formed_rows(tmp_path, run_cli):
+    code, out, err = run_cli("bench", *TINY, "--keep", "0.25", "--policy", "rgtp", "--policy",
                            "random", "--frames", "4", "--repeats", "1", "--batch", "2", "--format", "json",
                            "--out", str(tmp_path / "bench"))
     assert code == 0, err
