@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokbench.rollout import fuse_heads, residual_normalize, rollout_matrix, rollout_vector
+from tokbench.rollout import block_matrices, fuse_heads, residual_normalize, rollout_matrix, rollout_vector
 
 
 def _random_attn(b=2, h=3, n=7, gen=None):
@@ -25,6 +25,27 @@ def test_residual_normalize_hand_computed():
     fused = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]])
     expected = torch.tensor([[[0.75, 0.25], [0.0, 1.0]]])
     assert torch.allclose(residual_normalize(fused), expected)
+
+
+def test_residual_normalize_kept_rows_put_the_identity_on_their_own_column():
+    rows = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]])  # kept tokens 0 and 2 of 3, over all 3 keys
+    expected = torch.tensor([[[0.75, 0.25, 0.0], [0.0, 0.0, 1.0]]])
+    assert torch.allclose(residual_normalize(rows, own=torch.tensor([[0, 2]])), expected)
+    assert torch.equal(rows, torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]]))  # input untouched
+
+
+def test_block_matrices_batches_equal_shapes_and_matches_per_block():
+    gen = torch.Generator().manual_seed(3)
+    full = _random_attn(n=7, gen=gen)
+    kept = torch.randn(2, 3, 4, 7, generator=gen).softmax(-1)  # 4 kept query rows over 7 keys
+    own = torch.tensor([[0, 2, 3, 6], [1, 2, 4, 5]])
+    probs = [full, kept, kept.flip(1), _random_attn(n=7, gen=gen)]
+    mats = block_matrices(probs, "rms", own)
+    for p, m in zip(probs, mats, strict=True):
+        expect = residual_normalize(fuse_heads(p, "rms"), None if p.shape[-2] == p.shape[-1] else own)
+        assert torch.allclose(m, expect, atol=1e-7)
+    assert torch.allclose(mats[1][0, 1], (fuse_heads(kept, "rms")[0, 1] + torch.eye(7)[2]) / (
+        fuse_heads(kept, "rms")[0, 1].sum() + 1))
 
 
 def test_rms_identity_weight_is_below_half():

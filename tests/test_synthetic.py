@@ -215,3 +215,21 @@ def test_action_middle_frame_says_nothing_but_motion_does():
     # Motion of the object mask separates the six translation and scale classes (rotation keeps both still).
     merged = np.where(labels == ACTION_CLASSES.index("rotate_ccw"), ACTION_CLASSES.index("rotate_cw"), labels)
     assert _nearest_centroid_loo_accuracy(np.array(motion), merged) > 0.9
+
+
+def test_action_frames_at_and_motion_match_the_rendered_clip(small_action):
+    clip = small_action[2]
+    assert torch.equal(small_action.frames_at(2, [3, 0]), clip.frames[[3, 0]])
+    motion, masks = small_action.motion(2), small_action.object_masks(2)
+    edge = small_action.size - 1
+    inside = [t for t in range(small_action.num_frames)
+              if masks[t].any() and not (masks[t][0].any() or masks[t][edge].any() or masks[t][:, 0].any()
+                                         or masks[t][:, edge].any())]
+    assert inside  # the object is fully in view in some frame
+    for t in inside:
+        ys, xs = np.nonzero(masks[t])
+        assert abs(xs.mean() - motion["centre"][t][0]) < 0.35 * motion["radius"][t]
+        assert abs(ys.mean() - motion["centre"][t][1]) < 0.35 * motion["radius"][t]
+    steps = np.diff(motion["centre"], axis=0)
+    assert np.allclose(steps, motion["velocity"]) and np.allclose(np.diff(motion["angle"]), motion["spin"])
+    assert np.allclose(np.diff(np.log(motion["radius"])), motion["growth"])

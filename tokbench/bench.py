@@ -21,6 +21,7 @@ from tokbench.config import MethodConfig
 from tokbench.engine import FULL, PRUNED, StreamingEngine
 from tokbench.frame_flops import frame_costs
 from tokbench.models.zoo import LoadedModel
+from tokbench.vit import ViTAdapter
 
 
 @dataclass
@@ -57,10 +58,12 @@ def moving_clip(loaded: LoadedModel, frames: int, batch: int = 1, seed: int = 0)
     return loaded.normalize(clip)
 
 
-def _timm_entry(loaded: LoadedModel, fused: bool) -> Entry:
-    """timm's own ``forward_features`` (fused SDPA or its explicit attention path), frame by frame."""
+def _timm_entry(loaded: LoadedModel, fused: bool, base: MethodConfig) -> Entry:
+    """timm's own ``forward_features`` (fused SDPA or its explicit attention path), frame by frame, followed by
+    the same task head as tokbench's rows, so both sides time the same work."""
     model = loaded.backbone
     attns = [blk.attn for blk in model.blocks]
+    vit, task = ViTAdapter(model), loaded.task(base)
 
     def step(frame: torch.Tensor, state) -> str:
         saved = [a.fused_attn for a in attns]
@@ -68,7 +71,7 @@ def _timm_entry(loaded: LoadedModel, fused: bool) -> Entry:
             a.fused_attn = fused
         try:
             with torch.inference_mode():
-                model.forward_features(frame)
+                task.head(vit, model.forward_features(frame))
         finally:
             for a, f in zip(attns, saved, strict=True):
                 a.fused_attn = f
@@ -99,7 +102,7 @@ def run_bench(
     """Rows: timm (fused / explicit), tokbench dense, then each policy at each keep ratio."""
     dev = torch.device(device)
     loaded.model.to(dev)
-    entries = [_timm_entry(loaded, True), _timm_entry(loaded, False),
+    entries = [_timm_entry(loaded, True, base), _timm_entry(loaded, False, base),
                _engine_entry(loaded, base.replace(policy="dense"), "tokbench dense")]
     for keep in keeps:
         for policy in policies:
@@ -130,16 +133,44 @@ def run_bench(
     return _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch)
 
 
-def _throughput(entry: Entry, clip: torch.Tensor, dev: torch.device) -> float:
-    """Frames per second with ``B`` clips in lockstep (``clip [T, B, 3, H, W]``), after one warm-up clip."""
-    for _ in range(2):  # a warm-up clip, then the timed one
+def _throughput(entry: Entry, clip: torch.Tensor, dev: torch.device, timed: int = 3) -> float:
+    """Frames per second with ``B`` clips in lockstep (``clip [T, B, 3, H, W]``): the median of ``timed`` clips
+    after one warm-up clip."""
+    fps = []
+    for r in range(timed + 1):
         state = entry.new_state()
         _sync(dev)
         start = time.perf_counter()
         for frame in clip:
             entry.step(frame, state)
         _sync(dev)
-    return clip.shape[0] * clip.shape[1] / (time.perf_counter() - start)
+        if r:
+            fps.append(clip.shape[0] * clip.shape[1] / (time.perf_counter() - start))
+    return statistics.median(fps)
+
+
+def block_times(
+    backbone: torch.nn.Module, lengths: list[int], device: torch.device, repeats: int = 20
+) -> dict[int, float]:
+    """Median ms of one transformer block (timm's own, fused attention) on ``[1, S, C]`` for each length S.
+
+    Lengths are interleaved round-robin. ``token_cost_ratio`` in the rows is the per-token time at the pruned
+    length over that at the dense length: 1.0 means the block scales linearly with tokens; above 1 is the
+    share of the FLOP ratio that small sequences lose to fixed per-op costs, before any pruning overhead.
+    """
+    block = backbone.blocks[len(backbone.blocks) // 2]
+    inputs = {s: torch.randn(1, s, backbone.embed_dim, device=device) for s in lengths}
+    times: dict[int, list[float]] = {s: [] for s in lengths}
+    with torch.inference_mode():
+        for r in range(repeats + 3):
+            for s, x in inputs.items():
+                _sync(device)
+                start = time.perf_counter()
+                block(x)
+                _sync(device)
+                if r >= 3:
+                    times[s].append((time.perf_counter() - start) * 1000)
+    return {s: statistics.median(v) for s, v in times.items()}
 
 
 def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, batch) -> list[dict]:
@@ -147,6 +178,10 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
     dense_ms = statistics.median(steps["tokbench dense"][FULL])
     dense_gmacs = costs["tokbench dense"][FULL].gmacs
     timm_ms = statistics.median(steps["timm forward_features"][FULL])
+    prefix, patches = loaded.backbone.num_prefix_tokens, loaded.backbone.patch_embed.num_patches
+    lengths = {prefix + patches} | {prefix + c[PRUNED].kept_tokens for c in costs.values() if PRUNED in c}
+    block_ms = block_times(loaded.backbone, sorted(lengths), sample.device)
+    dense_per_token = block_ms[prefix + patches] / (prefix + patches)
     rows = []
     for entry in entries:
         kind = PRUNED if PRUNED in steps[entry.name] else FULL
@@ -155,10 +190,11 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
         q1, q3 = _quartiles(times)
         cost = costs.get(entry.name, {}).get(kind)
         method_ms = statistics.median(method[entry.name][kind])
+        keep = cost.kept_tokens if cost else patches
         row = {
             "name": entry.name,
             "policy": entry.policy,
-            "keep_tokens": cost.kept_tokens if cost else loaded.backbone.patch_embed.num_patches,
+            "keep_tokens": keep,
             "frame_kind": kind,
             "step_ms_median": round(median, 3),
             "step_ms_iqr": round(q3 - q1, 3),
@@ -168,6 +204,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             "gmacs_ratio_vs_dense": round(dense_gmacs / cost.gmacs, 3) if cost else 1.0,
             "speedup_over_gmacs_ratio": round((dense_ms / median) / (dense_gmacs / cost.gmacs), 3) if cost else None,
             "vs_timm": round(timm_ms / median, 3),
+            "token_cost_ratio": round(block_ms[prefix + keep] / (prefix + keep) / dense_per_token, 3),
             "overhead_ms": round(method_ms, 3),
             "overhead_pct": round(100 * method_ms / median, 2),
             f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),

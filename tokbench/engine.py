@@ -26,7 +26,7 @@ from tokbench.policies import (
     random_indices,
     top_n,
 )
-from tokbench.rollout import fuse_heads, residual_normalize, rollout_vector_from, sum_normalize
+from tokbench.rollout import block_matrices, rollout_vector_from, sum_normalize
 from tokbench.selection import kept_count, reset_pattern_indices, rollout_keep_indices
 from tokbench.tracking import track_scores
 from tokbench.vit import ViTAdapter
@@ -157,7 +157,7 @@ class StreamingEngine:
         z, grid = vit.embed(frames)
         x = vit.tokens(z, grid)
         keep = seq = None
-        fused: dict[int, torch.Tensor] = {}
+        attn: dict[int, torch.Tensor] = {}  # block -> attention probabilities, for the rollout
         if cfg.cut == "input":
             with self._timed("select"):
                 keep = self._select(kind, state, z, grid, None)
@@ -172,8 +172,7 @@ class StreamingEngine:
             need_probs = self.rollout or (i == 0 and self.policy == "cls-attn")
             out, probs = vit.attend(blk, q, k, v, need_probs=need_probs)
             if probs is not None and self.rollout:
-                with self._timed("rollout"):
-                    fused[i] = fuse_heads(probs, cfg.head_fusion)
+                attn[i] = probs
             x = vit.attn_residual(blk, x, out)
             if i == 0 and cfg.cut == "block0":
                 with self._timed("select"):
@@ -197,7 +196,7 @@ class StreamingEngine:
             with self._timed("rollout"):
                 start = self.task.rollout_start(vit, predictions, tokens, grid)
                 record.heatmap, record.degenerate_heatmaps = self._heatmap(
-                    state, kind, fused, start, seq, keep, keys0, z
+                    state, kind, attn, start, seq, keep, keys0, z
                 )
         if self.policy == "eventful":
             fresh = z if keep is None else gather_tokens(z, keep)
@@ -277,7 +276,7 @@ class StreamingEngine:
         self,
         state: ClipState,
         kind: str,
-        fused: dict[int, torch.Tensor],
+        attn: dict[int, torch.Tensor],
         start: torch.Tensor,
         seq: torch.Tensor | None,
         keep: torch.Tensor | None,
@@ -286,10 +285,11 @@ class StreamingEngine:
     ) -> tuple[torch.Tensor, int]:
         """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and the degenerate count."""
         cfg, num_prefix = self.config, self.vit.num_prefix
+        mats = dict(zip(attn, block_matrices(list(attn.values()), cfg.head_fusion, seq), strict=True))
         if self.kv_reuse:
-            scores = self._rollout_buffered(state, fused, seq, start)
+            scores = self._rollout_buffered(state, mats, seq, start)
         else:
-            scores = self._rollout_shrinking(fused, seq, start)
+            scores = self._rollout_shrinking(mats, seq, start)
         scores = scores[:, num_prefix:]
         if scores.shape[1] < z.shape[1]:
             scores = self._fill_pruned(kind, state, scores, keep, keys0, z)
@@ -310,20 +310,21 @@ class StreamingEngine:
         return torch.einsum("bij,bi->bj", rollout, start)
 
     def _rollout_buffered(
-        self, state: ClipState, fused: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
+        self, state: ClipState, mats: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
     ) -> torch.Tensor:
-        """K/V-reuse rollout: kept query rows refresh per-block ``[B, N', N']`` row buffers. -> ``[B, N']``."""
-        mats = []
-        for block, rows in fused.items():
+        """K/V-reuse rollout: kept rows refresh per-block ``[B, N', N']`` buffers of normalised rows. -> ``[B, N']``.
+
+        Row normalisation acts row by row, so buffering normalised rows equals normalising the buffered rows.
+        """
+        for block, rows in mats.items():
             if rows.shape[1] == rows.shape[2]:
                 state.rows[block] = rows
             else:
                 scatter_tokens(state.rows[block], seq, rows)
-            mats.append(residual_normalize(state.rows[block]))
-        return self._propagate(mats, start)
+        return self._propagate([state.rows[b] for b in mats], start)
 
     def _rollout_shrinking(
-        self, fused: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
+        self, mats: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
     ) -> torch.Tensor:
         """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``) -> ``[B, S]`` or ``[B, N']``.
 
@@ -334,15 +335,14 @@ class StreamingEngine:
             start = gather_tokens(start, seq)
             start = torch.where(start.sum(1, keepdim=True) > 0, start, torch.ones_like(start))
             start = start / start.sum(1, keepdim=True)
-        first = fused[0]
-        mats = [residual_normalize(fused[b]) for b in sorted(fused) if b > 0]
-        v = self._propagate(mats, start) if mats else start
-        a0 = residual_normalize(first)
-        if seq is not None and a0.shape[1] != seq.shape[1]:  # block-0 cut: a0 is [B, N', N']
+        later = [mats[b] for b in sorted(mats) if b > 0]
+        v = self._propagate(later, start) if later else start
+        a0 = mats[0]
+        if seq is not None and a0.shape[1] != seq.shape[1]:  # block-0 cut: a0 is [B, N', N'], normalised in full
             a0 = gather_tokens(a0, seq, dim=1)
             if self.config.block0_columns == "cut":
                 a0 = gather_tokens(a0, seq, dim=2)
-        return torch.einsum("bij,bi->bj", a0, v)
+        return torch.bmm(v.unsqueeze(1), a0).squeeze(1)
 
     def _fill_pruned(
         self,

