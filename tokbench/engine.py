@@ -29,7 +29,7 @@ from tokbench.policies import (
 from tokbench.rollout import block_matrices, rollout_vector_from, sum_normalize
 from tokbench.selection import kept_count, reset_pattern_indices, rollout_keep_indices
 from tokbench.tracking import track_scores
-from tokbench.vit import ViTAdapter
+from tokbench.vit import ViTAdapter, adapter_for
 
 FULL, RESET, PRUNED = "full", "reset", "pruned"
 
@@ -112,7 +112,7 @@ class StreamingEngine:
     """Pruned (or dense) streaming inference of a timm ViT over clips."""
 
     def __init__(self, model: nn.Module | ViTAdapter, config: MethodConfig, task: Task) -> None:
-        self.vit = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+        self.vit = adapter_for(model)
         self.config = config
         self.task = task
         self.policy = config.policy
@@ -123,6 +123,10 @@ class StreamingEngine:
         self.kv_reuse = (task.dense or config.policy == "eventful") if kv == "auto" else kv == "on"
         if config.policy == "cls-attn" and config.cut == "input":
             raise ConfigError("cls-attn scores tokens by block 0's attention; it needs cut=block0")
+        if config.policy == "cls-attn" and not self.vit.is_global(0):
+            raise ConfigError("cls-attn needs block 0's full attention; block 0 of this model is windowed")
+        if self.prunes and self.vit.needs_all_keys and not self.kv_reuse:
+            raise ConfigError("windowed / relative-position attention needs every key: use a dense task or kv_reuse=on")
         if config.policy == "boxmask" and not hasattr(task, "box_mask"):
             raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
         mode = config.reset_mode
@@ -169,8 +173,8 @@ class StreamingEngine:
                 keys0 = k
             if self.kv_reuse:
                 k, v = self._reuse_kv(state, i, seq, k, v)
-            need_probs = self.rollout or (i == 0 and self.policy == "cls-attn")
-            out, probs = vit.attend(blk, q, k, v, need_probs=need_probs)
+            need_probs = (self.rollout and vit.is_global(i)) or (i == 0 and self.policy == "cls-attn")
+            out, probs = vit.attend(blk, q, k, v, need_probs=need_probs, positions=None if seq is None else keep)
             if probs is not None and self.rollout:
                 attn[i] = probs
             x = vit.attn_residual(blk, x, out)

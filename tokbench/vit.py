@@ -55,6 +55,12 @@ class ViTAdapter:
         self.num_heads: int = self.blocks[0].attn.num_heads
         self.head_dim: int = self.blocks[0].attn.head_dim
 
+    needs_all_keys = False  # windowed / relative-position attention: every query needs the full key buffer
+
+    def is_global(self, index: int) -> bool:
+        """Whether block ``index`` attends globally (plain ViTs: every block); the rollout uses global blocks."""
+        return True
+
     @property
     def depth(self) -> int:
         return len(self.blocks)
@@ -63,7 +69,7 @@ class ViTAdapter:
         """Patch embeddings before position embedding: ``[B, 3, H, W]`` -> ``z [B, N, C]`` and grid ``(h, w)``."""
         z = self.model.patch_embed(frames)
         if z.ndim == 4:  # dynamic_img_size models keep NHWC
-            grid = (z.shape[1], z.shape[2])
+            grid = (int(z.shape[1]), int(z.shape[2]))
             return z.reshape(z.shape[0], -1, z.shape[-1]), grid
         return z, tuple(self.model.patch_embed.grid_size)
 
@@ -84,9 +90,18 @@ class ViTAdapter:
         return qkv.unbind(0)
 
     def attend(
-        self, block: Block, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, need_probs: bool
+        self,
+        block: Block,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        need_probs: bool,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scaled dot-product attention of q ``[B, H, Sq, Ch]`` over k, v ``[B, H, Sk, Ch]``.
+
+        ``positions`` (the queries' patch indices) matter only to position-aware attention (windowed models).
 
         Returns the output ``[B, H, Sq, Ch]`` and, if ``need_probs``, the probabilities ``[B, H, Sq, Sk]``
         (computed explicitly, as timm's unfused path does); otherwise fused SDPA and ``None``.
@@ -117,3 +132,12 @@ class ViTAdapter:
     def block0_keys(self, k: torch.Tensor) -> torch.Tensor:
         """Head-averaged keys of the patch tokens, ``[B, H, P + N, Ch]`` -> ``[B, N, Ch]``."""
         return k[:, :, self.num_prefix :].mean(dim=1)
+
+
+def adapter_for(model: nn.Module | ViTAdapter) -> ViTAdapter:
+    """The adapter that drives ``model``: plain timm ViTs, or ViTDet-style ``VisionTransformerSAM``."""
+    if isinstance(model, ViTAdapter):
+        return model
+    from tokbench.vit_windowed import WindowedViTAdapter, is_windowed_model
+
+    return WindowedViTAdapter(model) if is_windowed_model(model) else ViTAdapter(model)

@@ -20,6 +20,8 @@ from tokbench.errors import ConfigError, unknown_name
 from tokbench.models import SHIPPED, load_shipped, model_card
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
 from tokbench.models.preprocess import MEAN, STD, normalize
+from tokbench.models.vitdet import PAPER_BACKBONES, convert_detectron2, vitdet_b
+from tokbench.vit import adapter_for
 
 KINDS = ("detect", "action", "classify", "features")
 
@@ -91,10 +93,16 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
         loaded = wrap_model(name, model)
         loaded.card, loaded.checkpoint = model_card(name), str(checkpoint) if checkpoint else None
         return loaded
+    if name in PAPER_BACKBONES:
+        model = vitdet_b(img_size or 672)
+        if checkpoint is not None:
+            load_state(model, convert_detectron2(read_state_dict(checkpoint), model), str(checkpoint))
+        return LoadedModel(name, "features", model, model, tuple(model.patch_embed.img_size), None,
+                           str(checkpoint) if checkpoint else None)
     import timm
 
     if not timm.is_model(name):
-        raise unknown_name("model", name, list(SHIPPED) + _timm_names())
+        raise unknown_name("model", name, list(SHIPPED) + list(PAPER_BACKBONES) + _timm_names())
     state = read_state_dict(checkpoint) if checkpoint is not None else None
     kwargs = {"img_size": img_size} if img_size else {}
     if state is not None:
@@ -105,10 +113,8 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
         raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from None
     if state is not None:
         load_state(model, state, str(checkpoint))
-    from tokbench.vit import check_supported
-
-    check_supported(model)
-    kind = "classify" if getattr(model, "num_classes", 0) else "features"
+    vit = adapter_for(model)  # raises for anything tokbench cannot drive
+    kind = "classify" if getattr(model, "num_classes", 0) and not vit.needs_all_keys else "features"
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = tuple(cfg.get("mean", MEAN)), tuple(cfg.get("std", STD))
     return LoadedModel(name, kind, model.eval(), model, tuple(model.patch_embed.img_size), None,
