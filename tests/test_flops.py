@@ -265,3 +265,17 @@ def test_schedule_average_and_clip():
 def test_ref_frame_rejects_bad_options(kwargs):
     with pytest.raises(ConfigError):
         ref_frame_gmacs(VITDET, **kwargs)
+
+
+def test_bench_block_macs_closed_form_matches_fvcore():
+    import timm
+
+    from tokbench.bench import block_macs
+    from tokbench.flops import count_gmacs
+
+    block = timm.create_model("vit_tiny_patch16_224", pretrained=False).blocks[0].eval()
+    c = 192
+    assert block_macs(block, 50) == 50 * 12 * c * c + 2 * 50 * 50 * c
+    counted = count_gmacs(block, (torch.randn(1, 50, c),)).gmacs * 1e9
+    norms = 2 * 5 * 50 * c  # fvcore also counts the two LayerNorms, 5 per element; block_macs leaves them out
+    assert abs(counted - norms - block_macs(block, 50)) < 1e-6 * block_macs(block, 50)

@@ -154,9 +154,10 @@ def block_times(
 ) -> dict[int, float]:
     """Median ms of one transformer block (timm's own, fused attention) on ``[1, S, C]`` for each length S.
 
-    Lengths are interleaved round-robin. ``token_cost_ratio`` in the rows is the per-token time at the pruned
-    length over that at the dense length: 1.0 means the block scales linearly with tokens; above 1 is the
-    share of the FLOP ratio that small sequences lose to fixed per-op costs, before any pruning overhead.
+    Lengths are interleaved round-robin. ``block_slowdown`` in the rows is the time per multiply-add of one
+    block at the pruned length over that at the dense length: 1.0 means the block's time follows its MACs;
+    above 1, short sequences lose that factor of the FLOP ratio to fixed per-op costs and small GEMMs, before
+    any pruning overhead.
     """
     block = backbone.blocks[len(backbone.blocks) // 2]
     inputs = {s: torch.randn(1, s, backbone.embed_dim, device=device) for s in lengths}
@@ -173,6 +174,12 @@ def block_times(
     return {s: statistics.median(v) for s, v in times.items()}
 
 
+def block_macs(block: torch.nn.Module, length: int) -> int:
+    """Multiply-adds of one block on ``length`` tokens: every linear layer, plus ``2 S^2 C`` for attention."""
+    linear = sum(m.in_features * m.out_features for m in block.modules() if isinstance(m, torch.nn.Linear))
+    return length * linear + 2 * length * length * block.norm1.normalized_shape[0]
+
+
 def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, batch) -> list[dict]:
     costs = {e.name: frame_costs(e.engine, sample) for e in entries if e.engine is not None}
     dense_ms = statistics.median(steps["tokbench dense"][FULL])
@@ -181,7 +188,8 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
     prefix, patches = loaded.backbone.num_prefix_tokens, loaded.backbone.patch_embed.num_patches
     lengths = {prefix + patches} | {prefix + c[PRUNED].kept_tokens for c in costs.values() if PRUNED in c}
     block_ms = block_times(loaded.backbone, sorted(lengths), sample.device)
-    dense_per_token = block_ms[prefix + patches] / (prefix + patches)
+    block = loaded.backbone.blocks[len(loaded.backbone.blocks) // 2]
+    dense_ms_per_mac = block_ms[prefix + patches] / block_macs(block, prefix + patches)
     rows = []
     for entry in entries:
         kind = PRUNED if PRUNED in steps[entry.name] else FULL
@@ -204,7 +212,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             "gmacs_ratio_vs_dense": round(dense_gmacs / cost.gmacs, 3) if cost else 1.0,
             "speedup_over_gmacs_ratio": round((dense_ms / median) / (dense_gmacs / cost.gmacs), 3) if cost else None,
             "vs_timm": round(timm_ms / median, 3),
-            "token_cost_ratio": round(block_ms[prefix + keep] / (prefix + keep) / dense_per_token, 3),
+            "block_slowdown": round(block_ms[prefix + keep] / block_macs(block, prefix + keep) / dense_ms_per_mac, 3),
             "overhead_ms": round(method_ms, 3),
             "overhead_pct": round(100 * method_ms / median, 2),
             f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),
