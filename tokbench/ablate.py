@@ -134,7 +134,7 @@ def run_ablation(
     prepare_out_dir(out)
     rows_csv = out / "rows.csv"
     done = finished_ids(rows_csv)
-    sample = loaded.normalize(dataset[0].frames[:1])
+    sample = loaded.steps(dataset[0].frames[: loaded.tubelet])
     costs_by_config: dict[MethodConfig, dict] = {}
     references: dict[int, object] = {}
     written = []

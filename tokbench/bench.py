@@ -49,13 +49,15 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def moving_clip(loaded: LoadedModel, frames: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
-    """``[T, B, 3, H, W]`` normalised input with real motion: a textured image panning 2 px per frame."""
+    """``frames`` normalised engine steps ``[T, B, 3 t, H, W]`` (``t`` video frames each) with real motion: a
+    textured image panning 2 px per video frame."""
     h, w = loaded.img_size
+    n = frames * loaded.tubelet
     gen = torch.Generator().manual_seed(seed)
-    base = torch.rand(batch, 3, h // 8, (w + 2 * frames) // 8 + 1, generator=gen)
+    base = torch.rand(batch, 3, h // 8, (w + 2 * n) // 8 + 1, generator=gen)
     canvas = torch.nn.functional.interpolate(base, scale_factor=8, mode="bilinear")
-    clip = torch.stack([canvas[..., 2 * t : 2 * t + w][..., :h, :] for t in range(frames)])
-    return loaded.normalize(clip)
+    clip = torch.stack([canvas[..., 2 * t : 2 * t + w][..., :h, :] for t in range(n)])
+    return loaded.steps(clip)
 
 
 def _timm_entry(loaded: LoadedModel, fused: bool, base: MethodConfig) -> Entry:

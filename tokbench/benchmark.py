@@ -67,20 +67,22 @@ def _summary(rows: list[dict], wall_s: float) -> dict:
     }
 
 
-def _indices(num_frames: int, sampling: int, max_frames: int | None) -> list[int]:
+def _indices(num_frames: int, sampling: int, max_frames: int | None, tubelet: int = 1) -> list[int]:
+    """First frame of every step: every ``sampling``-th step of ``tubelet`` consecutive frames."""
     if sampling < 1:
         raise ConfigError(f"frame stride must be >= 1, got {sampling}")
-    idx = list(range(0, num_frames, sampling))
+    idx = list(range(0, num_frames - tubelet + 1, sampling * tubelet))
     return idx if max_frames is None else idx[:max_frames]
 
 
-def _stream(engine: StreamingEngine, dataset, normalize, sampling: int, max_clips: int | None,
+def _stream(engine: StreamingEngine, dataset, loaded: LoadedModel, sampling: int, max_clips: int | None,
             max_frames: int | None, progress: Progress | None):
-    """Per clip, fresh state, sampled frames in order at batch 1: yields ``(clip, [(index, record, step_ms)])``."""
+    """Per clip, fresh state, sampled steps in order at batch 1: yields ``(clip, [(index, record, step_ms)])``."""
+    t = loaded.tubelet
     for c in range(len(dataset) if max_clips is None else min(max_clips, len(dataset))):
         clip = dataset[c]
-        idx = _indices(clip.frames.shape[0], sampling, max_frames)
-        frames = normalize(clip.frames[idx])
+        idx = _indices(clip.frames.shape[0], sampling, max_frames, t)
+        frames = loaded.steps(torch.cat([clip.frames[i : i + t] for i in idx]))
         state = engine.new_state()
         steps = []
         for j, i in enumerate(idx):
@@ -112,7 +114,7 @@ def run_model(
     engine = loaded.engine(config)
     rows, preds, targets, logits, labels, pooled, tokens = [], [], [], [], [], [], []
     start = time.perf_counter()
-    for clip, steps in _stream(engine, dataset, loaded.normalize, sampling, max_clips, max_frames, progress):
+    for clip, steps in _stream(engine, dataset, loaded, sampling, max_clips, max_frames, progress):
         for i, rec, ms in steps:
             rows.append(_frame_row(clip.clip_id, i, rec, ms))
             if loaded.kind == "detect":

@@ -33,6 +33,22 @@ class ActionSpec:
     depth: int = 4
     num_heads: int = 3
     temporal_depth: int = 2
+    tubelet: int = 1  # frames per step: ViViT's t x p x p tubelet, as consecutive frames stacked on channels
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_frames // self.tubelet
+
+
+# The paper's ViViT-B factorised encoders (random init: tokbench downloads nothing): 2 x 16 x 16 tubelets, 32 frames
+# (16 steps per view), 12 spatial and 4 temporal blocks. EPIC-Kitchens' verb (97) and noun (300) heads are one
+# 397-way linear layer here, verb logits first.
+VIVIT_B = {
+    "vivit_b_k400": ActionSpec(num_classes=400, num_frames=32, img_size=224, embed_dim=768, depth=12, num_heads=12,
+                               temporal_depth=4, tubelet=2),
+    "vivit_b_epic": ActionSpec(num_classes=97 + 300, num_frames=32, img_size=320, embed_dim=768, depth=12,
+                               num_heads=12, temporal_depth=4, tubelet=2),
+}
 
 
 class TemporalEncoder(nn.Module):
@@ -42,7 +58,7 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         c = spec.embed_dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
-        self.time_embed = nn.Parameter(torch.randn(1, spec.num_frames + 1, c) * 0.02)
+        self.time_embed = nn.Parameter(torch.randn(1, spec.num_steps + 1, c) * 0.02)
         self.blocks = nn.Sequential(*[Block(c, spec.num_heads) for _ in range(spec.temporal_depth)])
         self.norm = nn.LayerNorm(c)
         self.head = nn.Linear(c, spec.num_classes)
@@ -65,18 +81,30 @@ class ViViTFactorised(nn.Module):
             embed_dim=spec.embed_dim,
             depth=spec.depth,
             num_heads=spec.num_heads,
+            in_chans=3 * spec.tubelet,
             num_classes=0,
         )
         self.temporal = TemporalEncoder(spec)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> class-token output ``[B, C]``."""
+        """One step ``[B, 3 * tubelet, H, W]`` -> class-token output ``[B, C]``."""
         return self.spatial.forward_head(self.spatial.forward_features(frames), pre_logits=True)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        b, t = clips.shape[:2]
-        steps = self.frame_features(clips.flatten(0, 1)).view(b, t, -1)
-        return self.temporal(steps)
+        """``[B, T, 3, H, W]`` normalised clips -> logits ``[B, K]``."""
+        steps = to_steps(clips.transpose(0, 1), self.spec.tubelet)  # [S, B, 3t, H, W]
+        features = self.frame_features(steps.flatten(0, 1)).view(steps.shape[0], clips.shape[0], -1)
+        return self.temporal(features.transpose(0, 1))
+
+
+def to_steps(frames: torch.Tensor, tubelet: int) -> torch.Tensor:
+    """Frames ``[T, ..., 3, H, W]`` -> steps ``[T // t, ..., 3 t, H, W]``: each step stacks ``t`` consecutive
+    frames on the channel axis (frame-major), which makes a 2D patch embedding a ``t x p x p`` tubelet embedding.
+    Trailing frames that do not fill a step are dropped."""
+    if tubelet == 1:
+        return frames
+    n = frames.shape[0] // tubelet * tubelet
+    return frames[:n].unflatten(0, (n // tubelet, tubelet)).movedim(1, -4).flatten(-4, -3)
 
 
 class SpatialStepTask:

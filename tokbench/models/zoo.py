@@ -18,6 +18,7 @@ from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, unknown_name
 from tokbench.models import SHIPPED, load_shipped, model_card
+from tokbench.models.action import VIVIT_B
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
 from tokbench.models.preprocess import MEAN, STD, normalize
 from tokbench.models.vitdet import PAPER_BACKBONES, convert_detectron2, vitdet_b
@@ -39,10 +40,17 @@ class LoadedModel:
     checkpoint: str | None = None
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
+    tubelet: int = 1  # video frames per engine step (ViViT tubelets)
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """``[..., 3, H, W]`` in [0, 1] -> the model's input normalisation."""
         return normalize(frames, self.mean, self.std)
+
+    def steps(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``[T, ..., 3, H, W]`` in [0, 1] -> normalised engine steps ``[T // t, ..., 3 t, H, W]``."""
+        from tokbench.models.action import to_steps
+
+        return to_steps(self.normalize(frames), self.tubelet)
 
     def task(self, config: MethodConfig):
         """The engine task for this model's output."""
@@ -78,7 +86,8 @@ def wrap_model(name: str, model: nn.Module) -> LoadedModel:
     """A benchmark ``ViTDetector`` / ``ViViTFactorised`` already in memory, as a ``LoadedModel``."""
     kind = "detect" if hasattr(model, "backbone") else "action"
     backbone = model.backbone if kind == "detect" else model.spatial
-    return LoadedModel(name, kind, model.eval(), backbone, tuple(backbone.patch_embed.img_size))
+    tubelet = model.spec.tubelet if kind == "action" else 1
+    return LoadedModel(name, kind, model.eval(), backbone, tuple(backbone.patch_embed.img_size), tubelet=tubelet)
 
 
 def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None) -> LoadedModel:
@@ -93,6 +102,17 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
         loaded = wrap_model(name, model)
         loaded.card, loaded.checkpoint = model_card(name), str(checkpoint) if checkpoint else None
         return loaded
+    if name in VIVIT_B:
+        from tokbench.models.action import ViViTFactorised
+
+        if img_size is not None:
+            raise ConfigError(f"{name} has a fixed input size; --img-size applies to timm models only")
+        model = ViViTFactorised(VIVIT_B[name]).eval()
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+        loaded = wrap_model(name, model)
+        loaded.checkpoint = str(checkpoint) if checkpoint else None
+        return loaded
     if name in PAPER_BACKBONES:
         model = vitdet_b(img_size or 672)
         if checkpoint is not None:
@@ -102,7 +122,7 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
     import timm
 
     if not timm.is_model(name):
-        raise unknown_name("model", name, list(SHIPPED) + list(PAPER_BACKBONES) + _timm_names())
+        raise unknown_name("model", name, [*SHIPPED, *PAPER_BACKBONES, *VIVIT_B, *_timm_names()])
     state = read_state_dict(checkpoint) if checkpoint is not None else None
     kwargs = {"img_size": img_size} if img_size else {}
     if state is not None:
