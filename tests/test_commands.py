@@ -186,6 +186,48 @@ def test_bad_video_data_is_a_one_line_error(data, tmp_path, run_cli):
             "unknown-sample": "bikes"}[data] in line
 
 
+def test_ablate_on_a_kinetics_csv_scores_top1_with_vivit(tmp_path, run_cli):
+    (tmp_path / "clips").mkdir()
+    _write_video(tmp_path / "clips" / "abc_000000_000010.mp4", frames=8)
+    labels = tmp_path / "clips" / "val.csv"
+    labels.write_text("label,youtube_id,time_start,time_end\n399,abc,0,10\n")  # integer labels: 0..399 = 400 classes
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("ablate", "--model", "vivit_b_k400", "--data", f"csv:{labels}", "--policy", "dense",
+                                "rgtp", "--window", "1", "--keep", "0.25", "--sampling", "1", "--frames", "2",
+                                "--out", str(out))
+    assert code == 0, err
+    rows = _rows(out)
+    assert [r["policy"] for r in rows] == ["dense", "rgtp"] and all(r["error"] == "" for r in rows)
+    assert {r["top1"] for r in rows} <= {"0.0", "100.0"} and rows[1]["frames"] == "2"  # 2 tubelet steps
+    assert rows[1]["keep_tokens"] == "49"
+
+
+def test_labelled_data_must_match_the_model_classes(tmp_path, run_cli):
+    from test_video_data import write_vid
+
+    write_vid(tmp_path / "vid")
+    code, _, err = run_cli("ablate", "--data", f"vid:{tmp_path / 'vid'}", "--policy", "rgtp", "--window", "1",
+                           "--sampling", "1", "--videos", "1", "--out", str(tmp_path / "out"))
+    assert "predicts 6 classes but the data names 30" in _error(code, err)
+
+
+def test_imagenet_vid_runs_with_a_30_class_detector(tmp_path):
+    from test_video_data import write_vid
+
+    from tokbench.ablate import AblationSpec, open_data
+    from tokbench.benchmark import run_model
+    from tokbench.config import MethodConfig
+    from tokbench.models.detector import DetectorSpec, ViTDetector
+    from tokbench.models.zoo import wrap_model
+
+    write_vid(tmp_path / "vid")
+    loaded = wrap_model("vid-det", ViTDetector(DetectorSpec(num_classes=30, img_size=64, depth=2)))
+    data = open_data(AblationSpec(task="detect", data=f"vid:{tmp_path / 'vid'}", clips=1), loaded)
+    assert data.frames_dir.name == "val" and data[0].frames.shape == (4, 3, 64, 64)
+    result = run_model(loaded, data, MethodConfig(keep_ratio=0.25))
+    assert len(result.frames) == 4 and 0 <= result.summary["map50"] <= 100
+
+
 # ------------------------------------------------------------------------------------------------------- report
 
 

