@@ -182,18 +182,25 @@ def _windows_all(block: Block, q, k, v, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def _windows_kept(block: Block, q, k, v, positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Kept queries ``q [B, H, S, Ch]`` at ``positions [B, S]``, each against its own window of the full k, v."""
+    """Kept queries ``q [B, H, S, Ch]`` at ``positions [B, S]``, each against its own window of the full k, v.
+
+    Queries are grouped by window (a loop over the occupied windows of each sample), so the work is exactly the
+    kept queries times one window of keys, without copying a window per query.
+    """
     ws, w = block.window_size, grid[1]
     kw, vw = _padded_windows(block, k, 1, grid), _padded_windows(block, v, 2, grid)  # [B, H, nW, w*w, Ch]
     qy, qx = positions // w, positions % w
     window = (qy // ws) * (-(-w // ws)) + qx // ws  # [B, S]
-    rows = torch.arange(q.shape[0], device=q.device)[:, None]
-    keys = kw.permute(0, 2, 1, 3, 4)[rows, window].permute(0, 2, 1, 3, 4)  # [B, H, S, w*w, Ch]
-    values = vw.permute(0, 2, 1, 3, 4)[rows, window].permute(0, 2, 1, 3, 4)
-    logits = ((q * block.attn.scale).unsqueeze(3) @ keys.transpose(-2, -1)).squeeze(3)  # [B, H, S, w*w]
-    if block.attn.use_rel_pos:
-        logits = logits + _rel_bias(block, q, qy % ws, qx % ws, (ws, ws))
-    return (logits.softmax(dim=-1).unsqueeze(3) @ values).squeeze(3)
+    bias = _rel_bias(block, q, qy % ws, qx % ws, (ws, ws)) if block.attn.use_rel_pos else None  # [B, H, S, w*w]
+    out = torch.empty_like(q)
+    for b in range(q.shape[0]):
+        for win in window[b].unique().tolist():
+            rows = (window[b] == win).nonzero().squeeze(1)
+            logits = (q[b][:, rows] * block.attn.scale) @ kw[b, :, win].transpose(-2, -1)  # [H, m, w*w]
+            if bias is not None:
+                logits = logits + bias[b][:, rows]
+            out[b][:, rows] = logits.softmax(dim=-1) @ vw[b, :, win]
+    return out
 
 
 def is_windowed_model(model: nn.Module) -> bool:
