@@ -186,6 +186,15 @@ def test_bad_video_data_is_a_one_line_error(data, tmp_path, run_cli):
             "unknown-sample": "bikes"}[data] in line
 
 
+def test_bench_runs_a_windowed_model(run_cli):
+    code, out, err = run_cli("bench", "--model", "samvit_base_patch16", "--img-size", "64", "--keep", "0.25",
+                             "--policy", "rgtp", "--frames", "3", "--repeats", "1", "--batch", "1", "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["keep_tokens"] for r in rows] == [16, 16, 16, 4] and rows[3]["frame_kind"] == "pruned"
+    assert rows[3]["block_slowdown"] is None and rows[3]["gmacs_ratio_vs_dense"] > 1
+
+
 def test_ablate_on_a_kinetics_csv_scores_top1_with_vivit(tmp_path, run_cli):
     (tmp_path / "clips").mkdir()
     _write_video(tmp_path / "clips" / "abc_000000_000010.mp4", frames=8)

@@ -21,7 +21,7 @@ from tokbench.config import MethodConfig
 from tokbench.engine import FULL, PRUNED, StreamingEngine
 from tokbench.frame_flops import frame_costs
 from tokbench.models.zoo import LoadedModel
-from tokbench.vit import ViTAdapter
+from tokbench.vit import adapter_for
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _timm_entry(loaded: LoadedModel, fused: bool, base: MethodConfig) -> Entry:
     the same task head as tokbench's rows, so both sides time the same work."""
     model = loaded.backbone
     attns = [blk.attn for blk in model.blocks]
-    vit, task = ViTAdapter(model), loaded.task(base)
+    vit, task = adapter_for(model), loaded.task(base)
 
     def step(frame: torch.Tensor, state) -> str:
         saved = [a.fused_attn for a in attns]
@@ -187,11 +187,15 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
     dense_ms = statistics.median(steps["tokbench dense"][FULL])
     dense_gmacs = costs["tokbench dense"][FULL].gmacs
     timm_ms = statistics.median(steps["timm forward_features"][FULL])
-    prefix, patches = loaded.backbone.num_prefix_tokens, loaded.backbone.patch_embed.num_patches
+    vit = adapter_for(loaded.backbone)
+    prefix, patches = vit.num_prefix, loaded.backbone.patch_embed.num_patches
     lengths = {prefix + patches} | {prefix + c[PRUNED].kept_tokens for c in costs.values() if PRUNED in c}
-    block_ms = block_times(loaded.backbone, sorted(lengths), sample.device)
     block = loaded.backbone.blocks[len(loaded.backbone.blocks) // 2]
-    dense_ms_per_mac = block_ms[prefix + patches] / block_macs(block, prefix + patches)
+    slowdown = {}
+    if not vit.needs_all_keys:  # a windowed block cannot run on a bare token sequence
+        block_ms = block_times(loaded.backbone, sorted(lengths), sample.device)
+        dense_ms_per_mac = block_ms[prefix + patches] / block_macs(block, prefix + patches)
+        slowdown = {s: round(block_ms[s] / block_macs(block, s) / dense_ms_per_mac, 3) for s in lengths}
     rows = []
     for entry in entries:
         kind = PRUNED if PRUNED in steps[entry.name] else FULL
@@ -214,7 +218,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             "gmacs_ratio_vs_dense": round(dense_gmacs / cost.gmacs, 3) if cost else 1.0,
             "speedup_over_gmacs_ratio": round((dense_ms / median) / (dense_gmacs / cost.gmacs), 3) if cost else None,
             "vs_timm": round(timm_ms / median, 3),
-            "block_slowdown": round(block_ms[prefix + keep] / block_macs(block, prefix + keep) / dense_ms_per_mac, 3),
+            "block_slowdown": slowdown.get(prefix + keep),
             "overhead_ms": round(method_ms, 3),
             "overhead_pct": round(100 * method_ms / median, 2),
             f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),
