@@ -100,3 +100,23 @@ def test_detectron2_state_dict_converts_and_loads_strictly():
     assert torch.allclose(same_grid["pos_embed"], source.pos_embed)  # class slot dropped, no resampling
     with pytest.raises(DataError, match="square"):
         convert_detectron2({"pos_embed": torch.zeros(1, 7, 32)}, target)
+
+
+def test_detectron2_model_zoo_pickle_is_read_with_numpy_only(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from tokbench.models.checkpoint import read_state_dict
+
+    source = _tiny_sam(64)
+    arrays = {f"backbone.net.{k}": v.numpy() for k, v in source.state_dict().items()}
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays, "__author__": "d2", "matching_heuristics": True}, protocol=2))
+    target = _tiny_sam(64, seed=1)
+    load_state(target, convert_detectron2(read_state_dict(path), target), str(path))
+    assert torch.equal(target.blocks[1].attn.rel_pos_w, source.blocks[1].attn.rel_pos_w)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"w": np.zeros(2)}, "x": print}))
+    with pytest.raises(DataError, match="refusing to unpickle builtins.print"):
+        read_state_dict(evil)

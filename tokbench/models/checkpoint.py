@@ -1,4 +1,5 @@
-"""Local checkpoint files (.pth/.pt/.bin via ``torch.load(weights_only=True)``, or .safetensors) into a model.
+"""Local checkpoint files (.pth/.pt/.bin via ``torch.load(weights_only=True)``, .safetensors, or detectron2's
+.pkl of numpy arrays, unpickled with only numpy's array constructors allowed) into a model.
 
 Common wrappers are unwrapped (``{"model": ...}``, ``{"state_dict": ...}``, ``{"module": ...}``) and common key
 prefixes stripped (``module.``, ``model.``, ``backbone.``) only where that makes the keys match the model.
@@ -7,6 +8,7 @@ Mismatches are reported in one line: missing keys, unexpected keys, or the first
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,13 @@ from torch import nn
 
 from tokbench.errors import DataError
 
-SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pkl")
+# What a model-zoo .pkl (a dict of numpy arrays) needs, and nothing that could run code.
+_PICKLE_GLOBALS = {
+    ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
 _WRAPPERS = ("model", "state_dict", "module", "model_state")
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 
@@ -34,6 +42,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+        elif path.suffix == ".pkl":
+            state = _read_numpy_pickle(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many types for corrupt files
@@ -47,6 +57,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"checkpoint {path} holds no state dict of tensors")
     return state
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a .pkl checkpoint may hold numpy "
+                                         "arrays only")
+        return super().find_class(module, name)
+
+
+def _read_numpy_pickle(path: Path) -> dict:
+    """detectron2 model-zoo layout: ``{"model": {name: ndarray}, ...}`` -> the same dicts with tensors."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        data = _NumpyUnpickler(f, encoding="latin1").load()
+
+    def tensors(d):
+        if isinstance(d, dict):
+            return {k: tensors(v) for k, v in d.items() if isinstance(v, (dict, np.ndarray))}
+        return torch.from_numpy(np.ascontiguousarray(d))
+
+    return tensors(data)
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
