@@ -10,7 +10,8 @@ unit circle; objects are drawn on a small pixel grid around their centre, never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -265,3 +266,46 @@ def add_sensor_noise(frame: np.ndarray, rng: np.random.Generator, std: float) ->
 def frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     """Stack ``T`` frames of ``[3, H, W]`` into a float32 tensor ``[T, 3, H, W]``."""
     return torch.from_numpy(np.stack(frames).astype(np.float32, copy=False))
+
+
+class SyntheticClips:
+    """What the seeded generators share: split, seed, clip count and generator settings, indexing, iteration.
+
+    Subclasses set ``class_names``, ``default_num_clips`` (per split) and ``spec_type`` (their generator settings
+    dataclass, with ``size`` and ``num_frames`` fields) and implement ``__getitem__``.
+    """
+
+    class_names: tuple[str, ...] = ()
+    default_num_clips: dict[str, int] = {}
+    spec_type: type = object
+
+    def __init__(self, split: str, num_clips: int | None, num_frames: int, size: int, seed: int,
+                 generator_spec=None) -> None:
+        self.split = split
+        self._split_id = split_id(split)
+        self.seed = seed
+        self.num_clips = self.default_num_clips[split] if num_clips is None else num_clips
+        self.generator_spec = replace(generator_spec or self.spec_type(), size=size, num_frames=num_frames)
+        check_dims(size, num_frames, self.num_clips)
+
+    @property
+    def num_frames(self) -> int:
+        return self.generator_spec.num_frames
+
+    @property
+    def size(self) -> int:
+        return self.generator_spec.size
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.num_clips:
+            raise IndexError(f"clip index {index} out of range for {self.num_clips} clips")
+
+    def __getitem__(self, index: int) -> Clip:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Clip]:
+        for i in range(len(self)):
+            yield self[i]

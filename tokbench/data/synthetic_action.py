@@ -14,8 +14,7 @@ consecutive clips holds every class once, in a seeded random order.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -25,14 +24,13 @@ from tokbench.data.synthetic import (
     TEXTURES,
     Clip,
     Stamp,
+    SyntheticClips,
     add_sensor_noise,
-    check_dims,
     crop,
     frames_to_tensor,
     make_rng,
     paste,
     rasterise,
-    split_id,
     textured_background,
 )
 
@@ -137,7 +135,7 @@ def _stamp(scene: _Scene, t: float, spec: ActionSpec) -> Stamp:
     return rasterise(scene.shape, scene.texture, scene.colour, cx, cy, radius, scene.angle + scene.spin * dt)
 
 
-class SyntheticAction:
+class SyntheticAction(SyntheticClips):
     """Deterministic synthetic action clips (see module docstring); a map-style dataset of ``Clip``.
 
     ``dataset[i]`` is a ``Clip`` with ``frames`` float32 ``[num_frames, 3, size, size]`` in [0, 1] and ``label``
@@ -146,6 +144,8 @@ class SyntheticAction:
     """
 
     class_names = ACTION_CLASSES
+    default_num_clips = DEFAULT_NUM_CLIPS
+    spec_type = ActionSpec
 
     def __init__(
         self,
@@ -156,28 +156,11 @@ class SyntheticAction:
         seed: int = 0,
         generator_spec: ActionSpec | None = None,
     ) -> None:
-        self.split = split
-        self._split_id = split_id(split)
-        self.seed = seed
-        self.num_clips = DEFAULT_NUM_CLIPS[split] if num_clips is None else num_clips
-        self.generator_spec = replace(generator_spec or ActionSpec(), size=size, num_frames=num_frames)
-        check_dims(size, num_frames, self.num_clips)
-
-    @property
-    def num_frames(self) -> int:
-        return self.generator_spec.num_frames
-
-    @property
-    def size(self) -> int:
-        return self.generator_spec.size
-
-    def __len__(self) -> int:
-        return self.num_clips
+        super().__init__(split, num_clips, num_frames, size, seed, generator_spec)
 
     def label(self, index: int) -> int:
         """The class of clip ``index``, without drawing it."""
-        if not 0 <= index < self.num_clips:
-            raise IndexError(f"clip index {index} out of range for {self.num_clips} clips")
+        self._check_index(index)
         K = len(self.class_names)
         order = make_rng(self.seed, self._split_id, _STREAM_LABELS, index // K).permutation(K)
         return int(order[index % K])
@@ -235,10 +218,6 @@ class SyntheticAction:
             if regions is not None:
                 masks[t][regions[0]] = stamp.mask[regions[1]]
         return masks
-
-    def __iter__(self) -> Iterator[Clip]:
-        for i in range(len(self)):
-            yield self[i]
 
     def spec(self) -> dict:
         """The data specification, for model cards and run provenance."""

@@ -24,6 +24,7 @@ from tokbench.data.synthetic import (
     TEXTURES,
     Clip,
     Stamp,
+    SyntheticClips,
     add_sensor_noise,
     check_dims,
     crop,
@@ -193,7 +194,7 @@ def _target(scene: _Scene, boxes: np.ndarray, keep: np.ndarray) -> dict[str, tor
     }
 
 
-class SyntheticDetection:
+class SyntheticDetection(SyntheticClips):
     """Deterministic synthetic detection clips (see module docstring); a map-style dataset of ``Clip``.
 
     ``dataset[i]`` is a ``Clip`` with ``frames`` float32 ``[num_frames, 3, size, size]`` in [0, 1], ``targets``
@@ -203,6 +204,8 @@ class SyntheticDetection:
     """
 
     class_names = DETECTION_CLASSES
+    default_num_clips = DEFAULT_NUM_CLIPS
+    spec_type = DetectionSpec
 
     def __init__(
         self,
@@ -213,27 +216,10 @@ class SyntheticDetection:
         seed: int = 0,
         generator_spec: DetectionSpec | None = None,
     ) -> None:
-        self.split = split
-        self._split_id = split_id(split)
-        self.seed = seed
-        self.num_clips = DEFAULT_NUM_CLIPS[split] if num_clips is None else num_clips
-        self.generator_spec = replace(generator_spec or DetectionSpec(), size=size, num_frames=num_frames)
-        check_dims(size, num_frames, self.num_clips)
-
-    @property
-    def num_frames(self) -> int:
-        return self.generator_spec.num_frames
-
-    @property
-    def size(self) -> int:
-        return self.generator_spec.size
-
-    def __len__(self) -> int:
-        return self.num_clips
+        super().__init__(split, num_clips, num_frames, size, seed, generator_spec)
 
     def _scene(self, index: int) -> _Scene:
-        if not 0 <= index < self.num_clips:
-            raise IndexError(f"clip index {index} out of range for {self.num_clips} clips")
+        self._check_index(index)
         return _sample_scene(make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, 0), self.generator_spec)
 
     def __getitem__(self, index: int) -> Clip:
@@ -265,10 +251,6 @@ class SyntheticDetection:
             boxes[~keep] = np.nan
             per_frame.append(boxes)
         return scene.labels.copy(), per_frame
-
-    def __iter__(self) -> Iterator[Clip]:
-        for i in range(len(self)):
-            yield self[i]
 
     def spec(self) -> dict:
         """The data specification, for model cards and run provenance."""
