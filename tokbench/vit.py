@@ -45,12 +45,14 @@ def check_supported(model: nn.Module) -> None:
 class ViTAdapter:
     """A timm ViT seen as pieces: ``embed`` -> ``tokens`` -> per block ``attention`` + ``mlp`` -> ``finish``."""
 
+    check = staticmethod(check_supported)  # raises for what this adapter cannot drive
+
     def __init__(self, model: nn.Module) -> None:
-        check_supported(model)
+        self.check(model)
         self.model = model.eval()
         self.blocks: list[Block] = list(model.blocks)
-        self.num_prefix: int = model.num_prefix_tokens
-        self.has_class_token: bool = model.cls_token is not None
+        self.num_prefix: int = getattr(model, "num_prefix_tokens", 0)
+        self.has_class_token: bool = getattr(model, "cls_token", None) is not None
         self.embed_dim: int = model.embed_dim
         self.num_heads: int = self.blocks[0].attn.num_heads
         self.head_dim: int = self.blocks[0].attn.head_dim

@@ -40,15 +40,10 @@ def check_windowed_supported(model: nn.Module) -> None:
 class WindowedViTAdapter(ViTAdapter):
     """``ViTAdapter`` for ``VisionTransformerSAM`` (ViTDet-B: windows of 14, global blocks 2, 5, 8, 11)."""
 
+    check = staticmethod(check_windowed_supported)
+
     def __init__(self, model: nn.Module) -> None:
-        check_windowed_supported(model)
-        self.model = model.eval()
-        self.blocks = list(model.blocks)
-        self.num_prefix = 0
-        self.has_class_token = False
-        self.embed_dim = model.embed_dim
-        self.num_heads = self.blocks[0].attn.num_heads
-        self.head_dim = self.blocks[0].attn.head_dim
+        super().__init__(model)
         self.grid: tuple[int, int] = tuple(model.patch_embed.grid_size)
 
     needs_all_keys = True
@@ -57,10 +52,9 @@ class WindowedViTAdapter(ViTAdapter):
         return self.blocks[index].window_size == 0
 
     def embed(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``[B, 3, H, W]`` -> ``z [B, N, C]`` (NHWC patch embedding flattened) and grid ``(h, w)``."""
-        z = self.model.patch_embed(frames)
-        self.grid = (int(z.shape[1]), int(z.shape[2]))  # ints even under tracing
-        return z.reshape(z.shape[0], -1, z.shape[-1]), self.grid
+        """As ``ViTAdapter.embed`` (NHWC patch embedding flattened); remembers the grid for windowed attention."""
+        z, self.grid = super().embed(frames)
+        return z, self.grid
 
     def tokens(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Absolute position embedding (resampled to the grid) + pre-norm: ``[B, N, C]`` -> ``[B, N, C]``."""
@@ -69,12 +63,6 @@ class WindowedViTAdapter(ViTAdapter):
         if m.pos_embed is not None:
             x = x + resample_abs_pos_embed_nhwc(m.pos_embed, list(grid))
         return m.norm_pre(m.patch_drop(m.pos_drop(x))).reshape(z.shape)
-
-    def qkv(self, block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attn = block.attn
-        b, s, _ = x.shape
-        qkv = attn.qkv(block.norm1(x)).reshape(b, s, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
 
     def attend(
         self,
@@ -103,11 +91,6 @@ class WindowedViTAdapter(ViTAdapter):
         if positions is None:
             return _windows_all(block, q, k, v, self.grid), None
         return _windows_kept(block, q, k, v, positions, self.grid), None
-
-    def attn_residual(self, block: Block, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        b, _, s, _ = out.shape
-        y = block.attn.proj(out.transpose(1, 2).reshape(b, s, -1))
-        return x + block.drop_path1(block.ls1(block.attn.proj_drop(y)))
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """Identity: the SAM neck is a convolution over the full map, so it belongs to the task head."""
