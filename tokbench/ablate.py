@@ -120,11 +120,15 @@ def open_data(spec: AblationSpec, loaded: LoadedModel):
 
 def _check_classes(dataset, loaded: LoadedModel):
     """Labelled data must name as many classes as the model predicts (labels index the model's outputs)."""
-    model_classes = {"action": lambda m: m.spec.num_classes, "detect": lambda m: m.spec.num_classes,
-                     "classify": lambda m: loaded.backbone.num_classes}.get(loaded.kind)
-    if model_classes is not None and model_classes(loaded.model) != len(dataset.class_names):
-        raise DataError(f"{loaded.name} predicts {model_classes(loaded.model)} classes but the data names "
-                        f"{len(dataset.class_names)}; labels must index the model's outputs")
+    if loaded.kind in ("action", "detect"):
+        classes = loaded.model.spec.num_classes
+    elif loaded.kind == "classify":
+        classes = loaded.backbone.num_classes
+    else:
+        return dataset
+    if classes != len(dataset.class_names):
+        raise DataError(f"{loaded.name} predicts {classes} classes but the data names {len(dataset.class_names)}; "
+                        "labels must index the model's outputs")
     return dataset
 
 

@@ -152,7 +152,7 @@ def _throughput(entry: Entry, clip: torch.Tensor, dev: torch.device, timed: int 
 
 
 def block_times(
-    backbone: torch.nn.Module, lengths: list[int], device: torch.device, repeats: int = 20
+    block: torch.nn.Module, dim: int, lengths: list[int], device: torch.device, repeats: int = 20
 ) -> dict[int, float]:
     """Median ms of one transformer block (timm's own, fused attention) on ``[1, S, C]`` for each length S.
 
@@ -161,8 +161,7 @@ def block_times(
     above 1, short sequences lose that factor of the FLOP ratio to fixed per-op costs and small GEMMs, before
     any pruning overhead.
     """
-    block = backbone.blocks[len(backbone.blocks) // 2]
-    inputs = {s: torch.randn(1, s, backbone.embed_dim, device=device) for s in lengths}
+    inputs = {s: torch.randn(1, s, dim, device=device) for s in lengths}
     times: dict[int, list[float]] = {s: [] for s in lengths}
     with torch.inference_mode():
         for r in range(repeats + 3):
@@ -193,7 +192,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
     block = loaded.backbone.blocks[len(loaded.backbone.blocks) // 2]
     slowdown = {}
     if not vit.needs_all_keys:  # a windowed block cannot run on a bare token sequence
-        block_ms = block_times(loaded.backbone, sorted(lengths), sample.device)
+        block_ms = block_times(block, vit.embed_dim, sorted(lengths), sample.device)
         dense_ms_per_mac = block_ms[prefix + patches] / block_macs(block, prefix + patches)
         slowdown = {s: round(block_ms[s] / block_macs(block, s) / dense_ms_per_mac, 3) for s in lengths}
     rows = []

@@ -18,7 +18,7 @@ from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, unknown_name
 from tokbench.models import SHIPPED, load_shipped, model_card
-from tokbench.models.action import VIVIT_B
+from tokbench.models.action import VIVIT_B, to_steps
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
 from tokbench.models.preprocess import MEAN, STD, normalize
 from tokbench.models.vitdet import PAPER_BACKBONES, convert_detectron2, vitdet_b
@@ -48,8 +48,6 @@ class LoadedModel:
 
     def steps(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames ``[T, ..., 3, H, W]`` in [0, 1] -> normalised engine steps ``[T // t, ..., 3 t, H, W]``."""
-        from tokbench.models.action import to_steps
-
         return to_steps(self.normalize(frames), self.tubelet)
 
     def task(self, config: MethodConfig):
