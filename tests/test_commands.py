@@ -277,3 +277,25 @@ def test_bench_smoke_on_a_tiny_model_gives_well_formed_rows(tmp_path, run_cli):
     assert rgtp["gmacs_ratio_vs_dense"] > 1 and rgtp["overhead_ms"] > 0 and rows[4]["overhead_ms"] < rgtp["overhead_ms"]
     assert dense["block_slowdown"] == 1.0 and rgtp["block_slowdown"] > 0
     assert (tmp_path / "bench" / "rows.csv").exists() and (tmp_path / "bench" / "meta.json").exists()
+
+
+def test_bench_logs_each_timed_clip_and_an_interrupted_run_resumes(tmp_path, run_cli):
+    args = ("bench", *TINY, "--keep", "0.25", "--policy", "grid", "--frames", "3", "--repeats", "2", "--batch", "1",
+            "--format", "json", "--out", str(tmp_path))
+    code, first, err = run_cli(*args)
+    assert code == 0, err
+    log = tmp_path / "timings.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4 * 2  # timm fused, timm explicit, dense, grid; two timed clips each
+    assert {json.loads(line)["repeat"] for line in lines} == {0, 1}
+    log.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])  # interrupted while writing line 6
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and
+               line.endswith("}")]
+    assert len(entries) == 8  # the 5 complete clips kept, only the 3 missing ones timed again
+    assert sorted((e["repeat"], e["entry"]) for e in entries) == sorted(
+        (json.loads(line)["repeat"], json.loads(line)["entry"]) for line in lines)
+    timed = {row["name"]: row["steps_timed"] for row in json.loads(first)}
+    assert {row["name"]: row["steps_timed"] for row in json.loads(out)} == timed
+    assert timed["tokbench dense"] == 2 * 3 and timed["grid keep=0.25"] == 2 * 2  # frame 0 of a clip is full

@@ -6,14 +6,19 @@ round-robin, one clip each per repeat, so drift on a shared machine hits every r
 and IQR of the steps of each frame kind, the speed-up of pruned frames over tokbench's dense frame next to the
 GMACs ratio of the same frames, and the method's own time (scoring, tracking, selection, rollout) in ms and as
 a share of the pruned frame. Throughput runs ``batch`` clips in lockstep.
+
+With a ``log`` file, every timed clip's step times are appended to it (JSON lines) as soon as the clip ends, and
+a rerun with the same settings skips the clips already there: an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -100,8 +105,13 @@ def run_bench(
     batch: int = 8,
     device: str = "cpu",
     on_progress: Callable[[str], None] | None = None,
+    log: Path | None = None,
+    log_key: str = "",
 ) -> list[dict]:
-    """Rows: timm (fused / explicit), tokbench dense, then each policy at each keep ratio."""
+    """Rows: timm (fused / explicit), tokbench dense, then each policy at each keep ratio.
+
+    ``log``: JSON-lines file of timed clips (see module docstring); lines of another ``log_key`` are ignored.
+    """
     dev = torch.device(device)
     loaded.model.to(dev)
     entries = [_timm_entry(loaded, True, base), _timm_entry(loaded, False, base),
@@ -113,26 +123,74 @@ def run_bench(
     clip = moving_clip(loaded, frames).to(dev)
     steps: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # name -> kind -> step ms
     method: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # select + rollout ms per step
+    done = _logged_clips(log, log_key, steps, method, repeats)
     for r in range(warmup + repeats):
         for entry in entries:
+            if r >= warmup and (r - warmup, entry.name) in done:
+                continue
             if on_progress:
                 on_progress(f"repeat {r + 1}/{warmup + repeats}: {entry.name}")
-            state = entry.new_state()
-            for frame in clip:
-                if entry.engine is not None:
-                    entry.engine.timings = {}
-                _sync(dev)
-                start = time.perf_counter()
-                kind = entry.step(frame, state)
-                _sync(dev)
-                if r >= warmup:
-                    steps[entry.name].setdefault(kind, []).append((time.perf_counter() - start) * 1000)
-                    spent = sum(entry.engine.timings.values()) if entry.engine is not None else 0.0
-                    method[entry.name].setdefault(kind, []).append(spent * 1000)
-            if entry.engine is not None:
-                entry.engine.timings = None
+            clip_steps, clip_method = _time_clip(entry, clip, dev)
+            if r >= warmup:
+                for kind in clip_steps:
+                    steps[entry.name].setdefault(kind, []).extend(clip_steps[kind])
+                    method[entry.name].setdefault(kind, []).extend(clip_method[kind])
+                if log is not None:
+                    line = {"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
+                            "method_ms": clip_method}
+                    with log.open("a") as f:
+                        f.write(json.dumps(line) + "\n")
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
     return _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch)
+
+
+def _time_clip(
+    entry: Entry, clip: torch.Tensor, dev: torch.device
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run one clip ``[T, 1, 3, H, W]`` with fresh state; per frame kind, the step times and the method's own
+    time (ms)."""
+    steps: dict[str, list[float]] = {}
+    method: dict[str, list[float]] = {}
+    state = entry.new_state()
+    for frame in clip:
+        if entry.engine is not None:
+            entry.engine.timings = {}
+        _sync(dev)
+        start = time.perf_counter()
+        kind = entry.step(frame, state)
+        _sync(dev)
+        steps.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
+        spent = sum(entry.engine.timings.values()) if entry.engine is not None else 0.0
+        method.setdefault(kind, []).append(spent * 1000)
+    if entry.engine is not None:
+        entry.engine.timings = None
+    return steps, method
+
+
+def _logged_clips(
+    log: Path | None, key: str, steps: dict, method: dict, repeats: int
+) -> set[tuple[int, str]]:
+    """Load the timed clips of ``log`` with this ``key`` into ``steps`` / ``method``; their (repeat, name)."""
+    done: set[tuple[int, str]] = set()
+    if log is None or not log.exists():
+        return done
+    content = log.read_text()
+    if content and not content.endswith("\n"):  # cut short mid-line: later lines start on a fresh one
+        with log.open("a") as f:
+            f.write("\n")
+    for text in content.splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:  # a line cut short by the interruption
+            continue
+        pair = (line.get("repeat"), line.get("entry"))
+        if line.get("key") != key or pair[1] not in steps or pair[0] >= repeats or pair in done:
+            continue
+        done.add(pair)
+        for kind, values in line["steps_ms"].items():
+            steps[pair[1]].setdefault(kind, []).extend(values)
+            method[pair[1]].setdefault(kind, []).extend(line["method_ms"][kind])
+    return done
 
 
 def _throughput(entry: Entry, clip: torch.Tensor, dev: torch.device, timed: int = 3) -> float:

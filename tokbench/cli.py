@@ -71,7 +71,8 @@ def datasets() -> None:
 def train(
     task: Annotated[Task, typer.Argument(help="Which benchmark model to train.")],
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 1000,
-    batch: Annotated[int, typer.Option(min=1, help="Frames (detect) or clips (action) per step.")] = 16,
+    batch: Annotated[int | None, typer.Option(
+        min=1, help="Frames (detect, default 16) or clips (action, default 8) per step.")] = None,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, cosine decay).")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights and training data.")] = 0,
     out: Annotated[Path, typer.Option(help="Where to write <model>.safetensors and its JSON card.")] = Path("weights"),
@@ -86,7 +87,8 @@ def train(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
                   TimeRemainingColumn(), console=err_console) as bar:
         job = bar.add_task(f"train {task.value}", total=steps, loss="")
-        card = fn(steps=steps, batch=batch, lr=lr, seed=seed, out=out, command=command,
+        card = fn(steps=steps, batch=batch or (16 if task == Task.detect else 8), lr=lr, seed=seed, out=out,
+                  command=command,
                   progress=lambda s, n, losses: bar.update(job, completed=s, loss=f"loss {losses['loss']:.3f}"))
     metric = card["val_metric"]
     console.print(f"validation: dense {metric['name']} = {metric['value']:.2f} on {metric['clips']} val clips; "
@@ -271,7 +273,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
-    out: Annotated[Path | None, typer.Option(help="Also write rows.csv and meta.json here.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Also write rows.csv and meta.json here, and timings.jsonl as clips are timed (a rerun resumes).")] = None,
 ) -> None:
     """Wall-clock: streaming batch-1 latency (median, IQR), throughput, speed-up next to the GMACs ratio,
     and the method's overhead, for dense and each policy at each budget."""
@@ -281,7 +284,7 @@ def bench(
     from tokbench.config import MethodConfig
     from tokbench.flop_table import keep_ratio
     from tokbench.models.zoo import load_model
-    from tokbench.results import append_row, prepare_out_dir, provenance, write_meta
+    from tokbench.results import append_row, config_id, prepare_out_dir, provenance, write_meta
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TokbenchError("--device cuda, but torch sees no CUDA device")
@@ -293,11 +296,16 @@ def bench(
     base = MethodConfig.from_preset(preset, window=window, reset_every=reset)
     for name in policy or []:
         base.replace(policy=name)  # validates the name before anything runs
+    policies = policy or ["rgtp", "grid"]
+    log = log_key = None
     if out:
         prepare_out_dir(out)
+        log = out / "timings.jsonl"
+        log_key = config_id({"model": loaded.describe(), "keeps": keeps, "policies": policies, "frames": frames,
+                             "config": base.as_dict(), "device": device, "threads": torch.get_num_threads()})
     with err_console.status("timing") as status:
-        rows = run_bench(loaded, keeps, policy or ["rgtp", "grid"], base=base, frames=frames, repeats=repeats,
-                         warmup=warmup, batch=batch, device=device, on_progress=status.update)
+        rows = run_bench(loaded, keeps, policies, base=base, frames=frames, repeats=repeats, warmup=warmup,
+                         batch=batch, device=device, on_progress=status.update, log=log, log_key=log_key or "")
     if out:
         (out / "rows.csv").unlink(missing_ok=True)
         for row in rows:
