@@ -1,12 +1,16 @@
 """Benchmark models, detection anchors, metrics, and a seconds-long training smoke test."""
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.metrics import kl_to_dense, map50, top1, top1_agreement
-from tokbench.models.action import ActionSpec, SpatialStepTask, ViViTFactorised
+from tokbench.models.action import ActionSpec, SpatialStepTask, ViViTFactorised, normalize
 from tokbench.models.centre_loss import centre_targets, detection_loss
 from tokbench.models.detector import DetectionTask, DetectorSpec, ViTDetector, decode
 from tokbench.rollout import anchor_mask
@@ -121,3 +125,66 @@ def test_end_to_end_runs_give_records_and_summaries():
                      sampling=2, max_clips=2)
     assert act.summary["frames"] == 16 and {f["frame"] for f in act.frames} == set(range(0, 16, 2))
     assert act.summary["top1"] in (0.0, 50.0, 100.0)
+
+
+def test_sincos_position_embedding_known_values_and_frozen_in_the_action_model():
+    from tokbench.models.action import sincos_2d
+
+    pe = sincos_2d((2, 3), 8)  # 2 frequencies: 1 and 1 / 10
+    assert pe.shape == (6, 8)
+    assert torch.allclose(pe[0], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
+    x2_y1 = 1 * 3 + 2  # row-major: patch (y=1, x=2)
+    expected = [math.sin(2), math.sin(0.2), math.cos(2), math.cos(0.2), math.sin(1), math.sin(0.1), math.cos(1),
+                math.cos(0.1)]
+    assert torch.allclose(pe[x2_y1], torch.tensor(expected), atol=1e-6)
+    model = ViViTFactorised(ActionSpec(num_frames=2, img_size=32, depth=1, embed_dim=16, num_heads=2))
+    assert not model.spatial.pos_embed.requires_grad
+    assert torch.equal(model.spatial.pos_embed[0, 1:], sincos_2d((2, 2), 16))
+    assert torch.equal(model.spatial.pos_embed[0, 0], torch.zeros(16))  # the class token gets none
+    learned = ViViTFactorised(ActionSpec(num_frames=2, img_size=32, depth=1, embed_dim=16, num_heads=2,
+                                         pos_embed="learn"))
+    assert learned.spatial.pos_embed.requires_grad
+
+
+def test_action_training_loss_falls_with_its_auxiliary_targets():
+    from tokbench.data import SyntheticAction
+    from tokbench.models.action_loss import AuxHeads, action_loss, frame_targets
+
+    torch.manual_seed(0)
+    spec = ActionSpec(num_frames=4, img_size=64, depth=2, embed_dim=32, num_heads=2, temporal_depth=1)
+    data = SyntheticAction("train", num_clips=4, num_frames=4, size=64)
+    model, aux = ViViTFactorised(spec).train(), AuxHeads(32)
+    clips = normalize(torch.stack([c.frames for c in data]))
+    labels = torch.tensor([c.label for c in data])
+    state, coverage = (torch.stack(p) for p in zip(*(frame_targets(data, i, 16) for i in range(4)), strict=True))
+    assert state.shape == (4, 4, 5) and coverage.shape == (4, 4, 16)
+    motion = data.motion(1)
+    assert torch.allclose((state[1, :, :2] / 4 + 0.5) * 64, torch.tensor(motion["centre"], dtype=torch.float32))
+    assert torch.allclose(state[1, :, 3], torch.tensor(np.cos(motion["angle"]), dtype=torch.float32))
+    pixels = torch.tensor(data.object_masks(1).sum(axis=(1, 2)), dtype=torch.float32)  # [T]
+    assert torch.allclose(coverage[1].sum(-1) * 16 * 16, pixels)
+    params = list(model.parameters()) + list(aux.parameters())
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=2e-3)
+    losses = []
+    for _ in range(20):
+        parts = action_loss(model, aux, clips, labels, state, coverage)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        losses.append({k: float(v.detach()) for k, v in parts.items()})
+    assert losses[-1]["loss"] < 0.6 * losses[0]["loss"]
+    assert losses[-1]["attn"] < losses[0]["attn"] and losses[-1]["state"] < losses[0]["state"]
+
+
+def test_train_action_writes_fp16_weights_and_a_card_whose_check_metric_reloads(tmp_path):
+    from tokbench.models import load_trained
+    from tokbench.train import evaluate_action, train_action
+
+    seen = []
+    card = train_action(steps=2, batch=2, val_clips=2, check_clips=2, out=tmp_path, command="test",
+                        progress=lambda step, total, losses: seen.append((step, sorted(losses))))
+    assert seen[-1] == (2, ["attn", "ce", "loss", "object", "state"])
+    assert card["trained_on"] == "full frames (no token dropping)" and card["val_data"]["spec_version"] == 2
+    assert json.loads((tmp_path / "synthaction-vivit.json").read_text()) == json.loads(json.dumps(card))
+    model = load_trained(tmp_path / "synthaction-vivit.safetensors")
+    assert evaluate_action(model, 2) == card["check_metric"]["value"]

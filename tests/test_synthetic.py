@@ -12,6 +12,7 @@ import torch
 from tokbench.data import (
     ACTION_CLASSES,
     DETECTION_CLASSES,
+    ActionSpec,
     SyntheticAction,
     SyntheticDetection,
     action_labels,
@@ -233,3 +234,27 @@ def test_action_frames_at_and_motion_match_the_rendered_clip(small_action):
     steps = np.diff(motion["centre"], axis=0)
     assert np.allclose(steps, motion["velocity"]) and np.allclose(np.diff(motion["angle"]), motion["spin"])
     assert np.allclose(np.diff(np.log(motion["radius"])), motion["growth"])
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_orientation_marker_points_along_the_object_angle(shape):
+    colour, marker = np.array([0.9, 0.3, 0.1]), np.array([0.1, 0.7, 0.9])
+    for angle in (0.0, 1.0, 2.5, -2.0):
+        stamp = rasterise(shape, TEXTURES.index("flat"), colour, 50.0, 40.0, 20.0, angle, marker)
+        hand = stamp.mask & np.all(np.abs(stamp.rgb - marker[:, None, None]) < 1e-6, axis=0)
+        assert hand.sum() > 20
+        ys, xs = np.nonzero(hand)
+        dx, dy = xs.mean() + stamp.x0 + 0.5 - 50.0, ys.mean() + stamp.y0 + 0.5 - 40.0
+        assert abs(np.arctan2(dy, dx) - angle + np.pi) % (2 * np.pi) - np.pi == pytest.approx(0.0, abs=0.1)
+        plain = rasterise(shape, TEXTURES.index("flat"), colour, 50.0, 40.0, 20.0, angle)
+        assert np.array_equal(plain.mask, stamp.mask) and not np.any(np.all(plain.rgb == marker[:, None, None], 0))
+
+
+def test_action_objects_carry_the_marker_unless_switched_off():
+    on = SyntheticAction("val", num_clips=1, num_frames=3, size=96)
+    off = SyntheticAction("val", num_clips=1, num_frames=3, size=96,
+                          generator_spec=ActionSpec(orientation_marker=False))
+    differ = (on[0].frames != off[0].frames).any(dim=1)  # [T, H, W]
+    masks = torch.from_numpy(on.object_masks(0))
+    assert differ.any() and not (differ & ~masks).any()  # only object pixels change
+    assert on.spec()["spec_version"] == 2 and on.spec()["orientation_marker"] is True

@@ -22,6 +22,7 @@ from tokbench.data import SyntheticAction, SyntheticDetection, detection_frames
 from tokbench.metrics import map50, top1
 from tokbench.models.action import ActionSpec, ViViTFactorised
 from tokbench.models.action import normalize as action_normalize
+from tokbench.models.action_loss import AuxHeads, action_loss, frame_targets
 from tokbench.models.centre_loss import centre_targets, detection_loss
 from tokbench.models.detector import DetectorSpec, ViTDetector, decode
 from tokbench.models.detector import normalize as det_normalize
@@ -40,13 +41,26 @@ def _batches(iterator, batch: int):
         yield chunk
 
 
-def _save(model: torch.nn.Module, out: Path, name: str, card: dict) -> Path:
+def _save(out: Path, name: str, model: torch.nn.Module, card: dict, evaluate, check_clips: int) -> dict:
+    """Write fp16 safetensors and the card; reload what was written and add the card's ``check_metric``: the
+    metric of the shipped (fp16) weights on the first ``check_clips`` val clips, which tests reproduce."""
+    from tokbench.models import load_trained
+
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     path = out / f"{name}.safetensors"
     save_file(state, str(path))
-    (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    return path
+    card_path = out / f"{name}.json"
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    card["check_metric"] = {
+        "name": card["val_metric"]["name"],
+        "value": round(evaluate(load_trained(path), check_clips), 2),
+        "clips": check_clips,
+        "weights": "fp16 as shipped",
+        "purpose": "tests/test_shipped.py reproduces this",
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return card
 
 
 @torch.no_grad()
@@ -126,8 +140,7 @@ def train_detector(
         val_metric={"name": "map50", "value": round(metric, 2), "clips": val_clips, "frames_per_clip": 32,
                     "mode": "dense, every frame"},
     )
-    _save(model, out, "synthvid-det", card)
-    return card
+    return _save(out, "synthvid-det", model, card, evaluate_detector, check_clips=6)
 
 
 @torch.no_grad()
@@ -144,26 +157,35 @@ def evaluate_action(model: ViViTFactorised, num_clips: int, seed: int = 0) -> fl
 
 def train_action(
     *, steps: int, batch: int = 8, lr: float = 5e-4, seed: int = 0, val_clips: int = 64, out: Path,
-    command: str, progress: Progress | None = None,
+    command: str, progress: Progress | None = None, aux_weight: float = 1.0, check_clips: int = 16,
 ) -> dict:
-    """Train the factorised action model from scratch on synthetic motion clips; returns the card."""
+    """Train the factorised action model from scratch on synthetic motion clips; returns the card.
+
+    The loss is clip cross-entropy plus per-frame auxiliary targets (``models.action_loss``), all on full frames.
+    """
     torch.manual_seed(seed)
     spec = ActionSpec()
     model = ViViTFactorised(spec).train()
-
-    def loss_fn(chunk):
-        clips = action_normalize(torch.stack([c.frames for c in chunk]))
-        labels = torch.tensor([c.label for c in chunk])
-        return {"loss": torch.nn.functional.cross_entropy(model(clips), labels, label_smoothing=0.1)}
-
+    aux = AuxHeads(spec.embed_dim)
     data = SyntheticAction("train", num_clips=steps * batch, seed=seed, num_frames=spec.num_frames)
-    minutes = _fit(model, _batches(iter(data), batch), steps, lr, loss_fn, progress)
+
+    def loss_fn(indices):
+        clips = action_normalize(torch.stack([data[i].frames for i in indices]))
+        labels = torch.tensor([data.label(i) for i in indices])
+        state, coverage = (torch.stack(parts) for parts in zip(
+            *(frame_targets(data, i, spec.patch_size) for i in indices), strict=True))
+        return action_loss(model, aux, clips, labels, state, coverage, aux_weight)
+
+    trained = torch.nn.ModuleDict({"model": model, "aux": aux})
+    minutes = _fit(trained, _batches(iter(range(len(data))), batch), steps, lr, loss_fn, progress)
     metric = evaluate_action(model, val_clips)
     card = _card(
         "synthaction-vivit", spec, command=command, seed=seed, steps=steps, batch=batch, lr=lr, minutes=minutes,
         train_data={"generator": "SyntheticAction", "split": "train", "clips": steps * batch},
+        loss={"clip": "cross-entropy, label smoothing 0.1", "aux_weight": aux_weight,
+              "per_frame_aux": "class-token state regression (centre, log radius, orientation), class-token "
+                               "attention towards the object (blocks 1..), patch objectness; training-only heads"},
         val_data=SyntheticAction("val", num_clips=val_clips).spec(),
         val_metric={"name": "top1", "value": round(metric, 2), "clips": val_clips, "mode": "dense"},
     )
-    _save(model, out, "synthaction-vivit", card)
-    return card
+    return _save(out, "synthaction-vivit", model, card, evaluate_action, check_clips)

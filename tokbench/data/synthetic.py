@@ -216,10 +216,15 @@ class Stamp:
         return frame_region, stamp_region
 
 
-def rasterise(shape: int, texture: int, colour: np.ndarray, cx: float, cy: float, radius: float, angle: float) -> Stamp:
+def rasterise(
+    shape: int, texture: int, colour: np.ndarray, cx: float, cy: float, radius: float, angle: float,
+    marker: np.ndarray | None = None,
+) -> Stamp:
     """Draw one object centred at ``(cx, cy)`` px, radius ``radius`` px, rotated by ``angle`` rad.
 
     A positive angle turns the object clockwise on screen (image y points down). ``colour`` is ``[3]`` RGB.
+    ``marker`` (``[3]`` RGB) paints a hand from near the centre towards screen direction ``(cos angle, sin
+    angle)``, so that the object's orientation is defined whatever the symmetry of its shape and texture.
     """
     reach = radius * 1.05 + 1
     x0, x1 = int(np.floor(cx - reach)), int(np.ceil(cx + reach))
@@ -231,6 +236,9 @@ def rasterise(shape: int, texture: int, colour: np.ndarray, cx: float, cy: float
     v = -s * dx[None, :] + c * dy[:, None]
     mask = shape_mask(shape, u, v)
     rgb = (colour[:, None, None] * texture_shade(texture, u, v)[None]).astype(np.float32)
+    if marker is not None:
+        hand = mask & (u >= 0.2) & (u <= 0.95) & (np.abs(v) <= 0.22)
+        rgb[:, hand] = marker[:, None]
     return Stamp(y0=y0, x0=x0, mask=mask, rgb=rgb)
 
 

@@ -8,7 +8,8 @@ turn and scale change over the whole clip), so ``num_frames`` sets the temporal 
 
 Every clip also carries small class-independent nuisance motion (drift, spin, scale change, camera pan), so that
 "the object stands still" identifies no class. Labels are balanced: each block of ``len(ACTION_CLASSES)``
-consecutive clips holds every class once, in a seeded random order.
+consecutive clips holds every class once, in a seeded random order. Every object carries a hand in its
+complementary colour (spec version 2), so that a turn is visible whatever the symmetry of its shape and texture.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tokbench.data.synthetic import (
 
 ACTION_CLASSES = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink")
 DEFAULT_NUM_CLIPS = {"train": 2048, "val": 64, "test": 64}
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 _STREAM_CLIPS, _STREAM_LABELS = 3, 4
 _DIRECTIONS = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
 # Textures that make a turn visible even on a disc or ring (radial, flat and rings are rotation-symmetric).
@@ -60,6 +61,7 @@ class ActionSpec:
     pan_margin_frac: float = 0.15
     edge_slack: float = 0.4  # the object may leave the frame by this fraction of its radius
     noise_std: float = 0.01
+    orientation_marker: bool = True  # a hand in the complementary colour, so every object's turn is visible
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def _stamp(scene: _Scene, t: float, spec: ActionSpec) -> Stamp:
     dt = t - (spec.num_frames - 1) / 2
     cx, cy = scene.mid + scene.velocity * dt
     radius = scene.radius * np.exp(scene.growth * dt)
-    return rasterise(scene.shape, scene.texture, scene.colour, cx, cy, radius, scene.angle + scene.spin * dt)
+    marker = 1.0 - scene.colour if spec.orientation_marker else None
+    return rasterise(scene.shape, scene.texture, scene.colour, cx, cy, radius, scene.angle + scene.spin * dt, marker)
 
 
 class SyntheticAction(SyntheticClips):

@@ -26,17 +26,22 @@ def model_card(name: str) -> dict:
 
 def load_shipped(name: str) -> nn.Module:
     """Build a shipped model and load its weights (fp16 on disk, float32 in memory); eval mode."""
+    model_card(name)  # a clear error for unknown names and missing cards
+    return load_trained(WEIGHTS_DIR / f"{name}.safetensors")
+
+
+def load_trained(path: Path) -> nn.Module:
+    """A benchmark model from ``tokbench train`` output: ``<name>.safetensors`` beside its ``<name>.json`` card."""
     from safetensors.torch import load_file
 
     from tokbench.models.action import ActionSpec, ViViTFactorised
     from tokbench.models.detector import DetectorSpec, ViTDetector
 
-    card = model_card(name)
-    if SHIPPED[name] == "detect":
+    card = json.loads(path.with_suffix(".json").read_text())
+    if SHIPPED[card["model"]] == "detect":
         model: nn.Module = ViTDetector(DetectorSpec(**card["architecture"]))
     else:
         model = ViViTFactorised(ActionSpec(**card["architecture"]))
-    path = WEIGHTS_DIR / f"{name}.safetensors"
     try:
         state = load_file(str(path))
     except Exception as err:  # safetensors raises several types for missing/corrupt files

@@ -34,6 +34,7 @@ class ActionSpec:
     num_heads: int = 3
     temporal_depth: int = 2
     tubelet: int = 1  # frames per step: ViViT's t x p x p tubelet, as consecutive frames stacked on channels
+    pos_embed: str = "sincos"  # "sincos": fixed 2D sine-cosine (the class token reads positions early); "learn"
 
     @property
     def num_steps(self) -> int:
@@ -45,9 +46,9 @@ class ActionSpec:
 # 397-way linear layer here, verb logits first.
 VIVIT_B = {
     "vivit_b_k400": ActionSpec(num_classes=400, num_frames=32, img_size=224, embed_dim=768, depth=12, num_heads=12,
-                               temporal_depth=4, tubelet=2),
+                               temporal_depth=4, tubelet=2, pos_embed="learn"),
     "vivit_b_epic": ActionSpec(num_classes=97 + 300, num_frames=32, img_size=320, embed_dim=768, depth=12,
-                               num_heads=12, temporal_depth=4, tubelet=2),
+                               num_heads=12, temporal_depth=4, tubelet=2, pos_embed="learn"),
 }
 
 
@@ -84,6 +85,13 @@ class ViViTFactorised(nn.Module):
             in_chans=3 * spec.tubelet,
             num_classes=0,
         )
+        if spec.pos_embed == "sincos":
+            grid = self.spatial.patch_embed.grid_size
+            with torch.no_grad():
+                self.spatial.pos_embed.zero_()[0, 1:] = sincos_2d(grid, spec.embed_dim)
+            self.spatial.pos_embed.requires_grad_(False)
+        elif spec.pos_embed != "learn":
+            raise ValueError(f"unknown pos_embed {spec.pos_embed!r}; choose sincos or learn")
         self.temporal = TemporalEncoder(spec)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
@@ -95,6 +103,19 @@ class ViViTFactorised(nn.Module):
         steps = to_steps(clips.transpose(0, 1), self.spec.tubelet)  # [S, B, 3t, H, W]
         features = self.frame_features(steps.flatten(0, 1)).view(steps.shape[0], clips.shape[0], -1)
         return self.temporal(features.transpose(0, 1))
+
+
+def sincos_2d(grid: tuple[int, int], dim: int, base: float = 100.0) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding ``[h * w, dim]`` (row-major patches): a quarter of the channels
+    each for sin and cos of x and of y, at ``dim / 4`` frequencies ``base ** (-i / (dim / 4))``, amplitude 1."""
+    h, w = grid
+    quarter = dim // 4
+    if quarter * 4 != dim:
+        raise ValueError(f"sincos position embedding needs a width divisible by 4, got {dim}")
+    omega = base ** (-torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    x, y = xs.flatten()[:, None] * omega, ys.flatten()[:, None] * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
 
 
 def to_steps(frames: torch.Tensor, tubelet: int) -> torch.Tensor:
