@@ -6,7 +6,7 @@ import torch
 
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine, frame_kind
-from tokbench.errors import UnsupportedModelError
+from tokbench.errors import ConfigError, UnsupportedModelError
 from tokbench.rollout import rollout_vector
 from tokbench.tasks import ClassificationTask, FeatureTask
 
@@ -140,3 +140,38 @@ def test_unsupported_variants_raise_a_clear_error():
         )
     with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
         StreamingEngine(torch.nn.Linear(2, 2), MethodConfig(), FeatureTask())
+
+
+def test_pooled_rollout_buffers_cell_rows_and_refreshes_only_cells_with_kept_queries():
+    model = tiny_vit()  # 4 x 4 grid and a class token: M = 1 + 2 x 2 cells at p = 2
+    engine = StreamingEngine(model, MethodConfig(keep_ratio=0.25, reset_every=0, rollout_pool=2),
+                             FeatureTask(dense=True))
+    state, clip = engine.new_state(), frames(3)
+    full = engine.step(clip[0], state)
+    assert {tuple(rows.shape) for rows in state.rows.values()} == {(2, 5, 5)}
+    assert torch.allclose(full.heatmap.sum(1), torch.ones(2)) and (full.heatmap > 0).all()
+    before = {block: rows.clone() for block, rows in state.rows.items()}
+    pruned = engine.step(clip[1], state)
+    cells = (pruned.kept // 4 // 2) * 2 + (pruned.kept % 4) // 2  # [B, 4] cell of every kept patch
+    for b in range(2):
+        untouched = [1 + c for c in range(4) if c not in cells[b].tolist()]
+        for block, rows in state.rows.items():
+            assert torch.equal(rows[b, untouched], before[block][b, untouched])
+            assert not torch.equal(rows[b, 0], before[block][b, 0])  # the class token is always computed
+
+
+def test_pooling_the_whole_grid_into_one_cell_gives_a_flat_heatmap():
+    engine = StreamingEngine(tiny_vit(), MethodConfig(rollout_pool=4), FeatureTask(dense=True))
+    record = engine.step(frames(1)[0], engine.new_state())
+    assert torch.allclose(record.heatmap, torch.full((2, 16), 1 / 16))
+
+
+def test_pooled_rollout_configuration_errors():
+    with pytest.raises(ConfigError, match="rollout_pool"):
+        MethodConfig(rollout_pool=3)
+    with pytest.raises(ConfigError, match="K/V reuse"):
+        StreamingEngine(tiny_vit(), MethodConfig(rollout_pool=2), ClassificationTask())
+    odd = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=48, depth=2).eval()  # 3 x 3
+    engine = StreamingEngine(odd, MethodConfig(rollout_pool=2), FeatureTask(dense=True))
+    with pytest.raises(ConfigError, match="divide"):
+        engine.step(torch.randn(1, 3, 48, 48), engine.new_state())

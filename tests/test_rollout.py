@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from tokbench.rollout import block_matrices, fuse_heads, residual_normalize, rollout_matrix, rollout_vector
+from tokbench.rollout import (
+    block_matrices,
+    cell_index,
+    fuse_heads,
+    pool_attention,
+    pool_start,
+    residual_normalize,
+    rollout_matrix,
+    rollout_vector,
+    unpool_scores,
+)
 
 
 def _random_attn(b=2, h=3, n=7, gen=None):
@@ -108,3 +118,53 @@ def test_batch_of_two_equals_two_calls():
         single = rollout_vector([a[i : i + 1] for a in attns], start[i : i + 1])
         assert torch.allclose(both[i : i + 1], single, atol=1e-7)
     assert torch.allclose(rollout_matrix(attns)[1:], rollout_matrix([a[1:] for a in attns]), atol=1e-7)
+
+
+# -- p x p cell pooling ------------------------------------------------------------------------------------------
+
+
+def test_cell_index_keeps_prefix_tokens_as_their_own_cells():
+    assert cell_index((2, 4), 2, 1).tolist() == [0, 1, 1, 2, 2, 1, 1, 2, 2]
+    assert cell_index((4, 4), 4, 0).tolist() == [0] * 16
+    with pytest.raises(ValueError):
+        cell_index((6, 6), 4, 0)
+
+
+def test_pool_attention_sums_keys_and_averages_queries_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    fused = torch.rand(1, 9, 9, generator=gen)  # prefix 1, grid 2 x 4, p = 2: cells {0}, A, B
+    cells = [[0], [1, 2, 5, 6], [3, 4, 7, 8]]
+    pooled, filled = pool_attention(fused, (2, 4), 2, 1)
+    expected = torch.tensor([[fused[0][q][:, k].sum(1).mean() for k in cells] for q in cells])
+    assert torch.allclose(pooled[0], expected) and filled.all()
+    stochastic = fused / fused.sum(-1, keepdim=True)
+    assert torch.allclose(pool_attention(stochastic, (2, 4), 2, 1)[0].sum(-1), torch.ones(1, 3))
+
+
+def test_pool_attention_of_kept_rows_averages_the_kept_queries_only():
+    gen = torch.Generator().manual_seed(1)
+    full = torch.rand(1, 9, 9, generator=gen)
+    kept = torch.tensor([[0, 2, 5]])  # the class token and two queries of cell A; none of cell B
+    pooled, filled = pool_attention(full[:, kept[0]], (2, 4), 2, 1, rows=kept)
+    assert filled.tolist() == [[True, True, False]]
+    assert torch.allclose(pooled[0, 1, 1], full[0][[2, 5]][:, [1, 2, 5, 6]].sum(1).mean())
+    assert torch.equal(pooled[0, 2], torch.zeros(3))
+
+
+def test_pool_start_marks_cells_at_least_half_covered():
+    start = torch.zeros(1, 9)
+    start[0, [1, 2, 3]] = 1  # cell A: 2 of 4 patches; cell B: 1 of 4
+    assert torch.equal(pool_start(start, (2, 4), 2, 1), torch.tensor([[0.0, 1.0, 0.0]]))
+    cls = torch.zeros(1, 9)
+    cls[0, 0] = 1
+    assert torch.equal(pool_start(cls, (2, 4), 2, 1), torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_unpool_scores_is_bilinear_upsampling_of_the_patch_cells():
+    scores = torch.tensor([[5.0, 1.0, 3.0]])
+    out = unpool_scores(scores, (2, 4), 2, 1)
+    assert out[0, 0] == 5.0
+    grid = torch.nn.functional.interpolate(torch.tensor([[[[1.0, 3.0]]]]), size=(2, 4), mode="bilinear",
+                                           align_corners=False)
+    assert torch.equal(out[0, 1:], grid.flatten())
+    assert torch.equal(out[0, 1:5], torch.tensor([1.0, 1.5, 2.5, 3.0]))

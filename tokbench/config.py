@@ -74,6 +74,7 @@ class MethodConfig:
     reset_pattern: str = "1in2"
     head_fusion: str = "rms"
     rollout_form: str = "vector"
+    rollout_pool: int = 1  # p: p x p cell pooling of the rollout (K/V reuse only)
     rollout_norm: str = "sum"
     block0_columns: str = "cut"
     pruned_score_fill: str = "auto"
@@ -91,6 +92,8 @@ class MethodConfig:
             if value not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
         check_ratios(self.keep_ratio, self.fg_ratio, self.bg_ratio)
+        if self.rollout_pool not in (1, 2, 4):
+            raise ConfigError(f"rollout_pool must be 1, 2 or 4; got {self.rollout_pool}")
         if self.window < 0:
             raise ConfigError(f"tracking window must be >= 0, got {self.window}")
         if self.reset_every < 0:

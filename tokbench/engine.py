@@ -26,7 +26,16 @@ from tokbench.policies import (
     random_indices,
     top_n,
 )
-from tokbench.rollout import block_matrices, rollout_vector_from, sum_normalize
+from tokbench.rollout import (
+    block_matrices,
+    fuse_heads,
+    pool_attention,
+    pool_start,
+    residual_normalize,
+    rollout_vector_from,
+    sum_normalize,
+    unpool_scores,
+)
 from tokbench.selection import kept_count, reset_pattern_indices, rollout_keep_indices
 from tokbench.tracking import track_scores
 from tokbench.vit import ViTAdapter, adapter_for
@@ -127,6 +136,9 @@ class StreamingEngine:
             raise ConfigError("cls-attn needs block 0's full attention; block 0 of this model is windowed")
         if self.prunes and self.vit.needs_all_keys and not self.kv_reuse:
             raise ConfigError("windowed / relative-position attention needs every key: use a dense task or kv_reuse=on")
+        if self.rollout and config.rollout_pool > 1 and not self.kv_reuse:
+            raise ConfigError("rollout_pool > 1 needs K/V reuse (a dense task, or kv_reuse=on): a pooled row "
+                              "averages every query of its cell")
         if config.policy == "boxmask" and not hasattr(task, "box_mask"):
             raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
         mode = config.reset_mode
@@ -200,7 +212,7 @@ class StreamingEngine:
             with self._timed("rollout"):
                 start = self.task.rollout_start(vit, predictions, tokens, grid)
                 record.heatmap, record.degenerate_heatmaps = self._heatmap(
-                    state, kind, attn, start, seq, keep, keys0, z
+                    state, kind, attn, start, seq, keep, keys0, z, grid
                 )
         if self.policy == "eventful":
             fresh = z if keep is None else gather_tokens(z, keep)
@@ -286,14 +298,18 @@ class StreamingEngine:
         keep: torch.Tensor | None,
         keys0: torch.Tensor,
         z: torch.Tensor,
+        grid: tuple[int, int],
     ) -> tuple[torch.Tensor, int]:
         """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and the degenerate count."""
         cfg, num_prefix = self.config, self.vit.num_prefix
-        mats = dict(zip(attn, block_matrices(list(attn.values()), cfg.head_fusion, seq), strict=True))
-        if self.kv_reuse:
-            scores = self._rollout_buffered(state, mats, seq, start)
+        if cfg.rollout_pool > 1:
+            scores = self._rollout_pooled(state, attn, seq, start, grid)
         else:
-            scores = self._rollout_shrinking(mats, seq, start)
+            mats = dict(zip(attn, block_matrices(list(attn.values()), cfg.head_fusion, seq), strict=True))
+            if self.kv_reuse:
+                scores = self._rollout_buffered(state, mats, seq, start)
+            else:
+                scores = self._rollout_shrinking(mats, seq, start)
         scores = scores[:, num_prefix:]
         if scores.shape[1] < z.shape[1]:
             scores = self._fill_pruned(kind, state, scores, keep, keys0, z)
@@ -326,6 +342,33 @@ class StreamingEngine:
             else:
                 scatter_tokens(state.rows[block], seq, rows)
         return self._propagate([state.rows[b] for b in mats], start)
+
+    def _rollout_pooled(
+        self,
+        state: ClipState,
+        attn: dict[int, torch.Tensor],
+        seq: torch.Tensor | None,
+        start: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """K/V-reuse rollout on p x p cells (method.md 2.6) -> ``[B, N']``, cell scores upsampled bilinearly.
+
+        Fused rows are pooled (keys summed, queries averaged over the cell's computed queries), then get the
+        identity and row normalisation on the ``M``-cell matrices; a cell without a computed query keeps its
+        buffered row. Anchors: cells at least half covered.
+        """
+        cfg, prefix, pool = self.config, self.vit.num_prefix, self.config.rollout_pool
+        if grid[0] % pool or grid[1] % pool:
+            raise ConfigError(f"rollout_pool {pool} must divide the {grid[0]}x{grid[1]} token grid")
+        for block, probs in attn.items():
+            pooled, filled = pool_attention(fuse_heads(probs, cfg.head_fusion), grid, pool, prefix, seq)
+            rows = residual_normalize(pooled)
+            state.rows[block] = rows if seq is None else torch.where(filled[..., None], rows, state.rows[block])
+        u = pool_start(start, grid, pool, prefix)
+        if cfg.anchor_fallback == "empty":
+            patch_cells = torch.arange(u.shape[1], device=u.device) >= prefix
+            u = torch.where(u.sum(1, keepdim=True) > 0, u, patch_cells / patch_cells.sum())
+        return unpool_scores(self._propagate([state.rows[b] for b in attn], u), grid, pool, prefix)
 
     def _rollout_shrinking(
         self, mats: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor

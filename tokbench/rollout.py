@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 HEAD_FUSIONS = ("mean", "rms", "max", "min")
 
@@ -189,3 +190,58 @@ def anchor_mask(
     rows = (ys >= y1[:, None]) & (ys < y2[:, None])  # [M, h]
     cols = (xs >= x1[:, None]) & (xs < x2[:, None])  # [M, w]
     return (rows[:, :, None] & cols[:, None, :]).any(dim=0).reshape(-1)
+
+
+# -- p x p cell pooling (section 2.6) ---------------------------------------------------------------------------
+
+
+def cell_index(grid: tuple[int, int], pool: int, num_prefix: int, device=None) -> torch.Tensor:
+    """The cell of every token ``[P + h w]``: prefix tokens are their own cells ``0..P-1``; patch ``(y, x)`` is
+    in cell ``P + (y // p) * (w // p) + x // p``."""
+    h, w = grid
+    if pool < 1 or h % pool or w % pool:
+        raise ValueError(f"rollout_pool {pool} must divide the {h}x{w} grid")
+    ys = torch.arange(h, device=device)[:, None] // pool
+    xs = torch.arange(w, device=device)[None, :] // pool
+    patches = (num_prefix + ys * (w // pool) + xs).reshape(-1)
+    return torch.cat([torch.arange(num_prefix, device=device), patches])
+
+
+def pool_attention(
+    fused: torch.Tensor, grid: tuple[int, int], pool: int, num_prefix: int, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool head-fused attention into cells: keys summed, query rows averaged over the queries present.
+
+    Args:
+        fused: ``[B, S, N']`` fused rows of queries ``rows`` over all ``N' = P + h w`` keys.
+        rows: ``[B, S]`` token indices of the rows (a pruned frame's kept queries); ``None``: all ``N'`` in order.
+    Returns:
+        ``[B, M, M]`` pooled rows (``M = P + (h / p)(w / p)``; zero where a cell has no query) and ``[B, M]``
+        bool: which cells had a query. Under mean fusion the filled rows sum to 1.
+    """
+    b, s, _ = fused.shape
+    cells = cell_index(grid, pool, num_prefix, fused.device)
+    m = int(cells[-1]) + 1
+    by_key = fused.new_zeros(b, s, m).index_add_(2, cells, fused)
+    query_cells = cells.expand(b, -1) if rows is None else cells[rows]  # [B, S]
+    sums = fused.new_zeros(b, m, m).scatter_add_(1, query_cells[..., None].expand(-1, -1, m), by_key)
+    counts = fused.new_zeros(b, m).scatter_add_(1, query_cells, torch.ones_like(query_cells, dtype=fused.dtype))
+    return sums / counts.clamp_min(1)[..., None], counts > 0
+
+
+def pool_start(start: torch.Tensor, grid: tuple[int, int], pool: int, num_prefix: int) -> torch.Tensor:
+    """Start weights ``[B, P + h w]`` -> ``[B, M]``: a cell is an anchor iff at least half of its ``p^2`` patches
+    have weight; prefix weights stay; normalised to sum 1 (an empty result stays all zero)."""
+    b, h, w = start.shape[0], *grid
+    anchors = (start[:, num_prefix:] > 0).to(start.dtype).view(b, 1, h, w)
+    cells = (F.avg_pool2d(anchors, pool) >= 0.5).to(start.dtype).flatten(1)
+    return sum_normalize(torch.cat([start[:, :num_prefix], cells], dim=1))
+
+
+def unpool_scores(scores: torch.Tensor, grid: tuple[int, int], pool: int, num_prefix: int) -> torch.Tensor:
+    """Cell scores ``[B, M]`` -> token scores ``[B, P + h w]``: patch cells upsampled bilinearly
+    (``align_corners=False``), prefix scores unchanged."""
+    b, h, w = scores.shape[0], *grid
+    cells = scores[:, num_prefix:].view(b, 1, h // pool, w // pool)
+    patches = F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False).flatten(1)
+    return torch.cat([scores[:, :num_prefix], patches], dim=1)
