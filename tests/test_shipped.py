@@ -9,9 +9,14 @@ EVALUATE = {"detect": evaluate_detector, "action": evaluate_action}
 AVAILABLE = [name for name in SHIPPED if (WEIGHTS_DIR / f"{name}.json").exists()]
 
 
-def test_the_detector_is_shipped():
-    assert "synthvid-det" in AVAILABLE
-    assert (WEIGHTS_DIR / "synthvid-det.safetensors").stat().st_size < 10 * 2**20
+@pytest.mark.parametrize("name", ["synthvid-det", "synthaction-vivit"])
+def test_both_benchmark_models_are_shipped_small_and_trained_on_full_frames(name):
+    assert name in AVAILABLE
+    assert (WEIGHTS_DIR / f"{name}.safetensors").stat().st_size < 10 * 2**20
+    card = model_card(name)
+    assert card["trained_on"] == "full frames (no token dropping)" and card["train_minutes"] <= 45
+    assert card["val_metric"]["clips"] >= 50
+    assert card["val_metric"]["value"] >= (80 if SHIPPED[name] == "detect" else 85)
 
 
 @pytest.mark.slow
