@@ -160,6 +160,7 @@ class SyntheticAction(SyntheticClips):
         generator_spec: ActionSpec | None = None,
     ) -> None:
         super().__init__(split, num_clips, num_frames, size, seed, generator_spec)
+        self._last_scene: tuple[int, _Scene] | None = None
 
     def label(self, index: int) -> int:
         """The class of clip ``index``, without drawing it."""
@@ -169,8 +170,11 @@ class SyntheticAction(SyntheticClips):
         return int(order[index % K])
 
     def _scene(self, index: int) -> _Scene:
-        rng = make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, 0)
-        return _sample_scene(rng, self.label(index), self.generator_spec)
+        # training reads a clip, its motion and its masks in a row: draw its scene (mostly the background) once
+        if self._last_scene is None or self._last_scene[0] != index:
+            rng = make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, 0)
+            self._last_scene = (index, _sample_scene(rng, self.label(index), self.generator_spec))
+        return self._last_scene[1]
 
     def _frame(self, scene: _Scene, index: int, t: int) -> np.ndarray:
         spec = self.generator_spec
