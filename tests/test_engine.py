@@ -92,6 +92,14 @@ def test_dense_context_reuse_is_exact_on_a_static_video():
     assert [r.num_kept for r in records] == [16, 4, 4, 4]
 
 
+def test_dense_predictions_of_a_frame_are_not_overwritten_by_later_frames():
+    model = tiny_vit()
+    clip = frames(3)
+    records = StreamingEngine(model, MethodConfig(keep_ratio=1.0), FeatureTask(dense=True)).run_clip(clip)
+    for frame, rec in zip(clip, records, strict=True):
+        assert torch.allclose(rec.predictions, model.forward_features(frame), atol=1e-5)
+
+
 def test_without_context_pruning_changes_the_output():
     model = tiny_vit(class_token=False, global_pool="avg")
     frame = frames(1)[0]
@@ -155,7 +163,11 @@ def test_pooled_rollout_buffers_cell_rows_and_refreshes_only_cells_with_kept_que
     cells = (pruned.kept // 4 // 2) * 2 + (pruned.kept % 4) // 2  # [B, 4] cell of every kept patch
     for b in range(2):
         untouched = [1 + c for c in range(4) if c not in cells[b].tolist()]
+        assert untouched
         for block, rows in state.rows.items():
+            if block == 0:  # the cut block's attention ran on every query: every cell is recomputed
+                assert all(not torch.equal(rows[b, c], before[0][b, c]) for c in range(5))
+                continue
             assert torch.equal(rows[b, untouched], before[block][b, untouched])
             assert not torch.equal(rows[b, 0], before[block][b, 0])  # the class token is always computed
 

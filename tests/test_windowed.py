@@ -120,3 +120,42 @@ def test_detectron2_model_zoo_pickle_is_read_with_numpy_only(tmp_path):
     evil.write_bytes(pickle.dumps({"model": {"w": np.zeros(2)}, "x": print}))
     with pytest.raises(DataError, match="refusing to unpickle builtins.print"):
         read_state_dict(evil)
+
+
+def test_window_queries_all_equals_kept_and_computes_every_window():
+    from tokbench.frame_flops import frame_costs
+
+    model = _tiny_sam(80, rel_pos=False)
+    clip = torch.randn(4, 1, 3, 80, 80)
+    runs = {}
+    for queries in ("all", "kept"):
+        config = MethodConfig(keep_ratio=0.3, reset_every=0, window_queries=queries)
+        runs[queries] = StreamingEngine(model, config, FeatureTask(dense=True)).run_clip(clip)
+    for a, b in zip(runs["all"], runs["kept"], strict=True):
+        assert torch.equal(a.kept, b.kept) if a.kept is not None else b.kept is None
+        assert torch.allclose(a.predictions, b.predictions, atol=1e-5)
+    costs = {q: frame_costs(StreamingEngine(model, MethodConfig(keep_ratio=0.3, window_queries=q),
+                                            FeatureTask(dense=True)), clip[0])["pruned"] for q in ("all", "kept")}
+    n = costs["all"].kept_tokens
+    # block 2 (windowed, after the cut): 9 padded windows of 4 queries x 4 keys instead of n queries x 4 keys
+    saved = 2 * 2 * 16 * 4 * (9 * 4 - n)  # (q k^T + attn v) x heads x head channels x window keys x queries
+    assert n == 8 and round((costs["all"].gmacs - costs["kept"].gmacs) * 1e9) == saved
+
+
+def test_explicit_attention_on_a_windowed_model(monkeypatch):
+    model = _tiny_sam(80)
+    clip = torch.randn(3, 1, 3, 80, 80)
+    calls = {}
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    runs = {}
+    for mode in ("handle", "explicit"):
+        def counted(*args, mode=mode, **kw):
+            calls[mode] = calls.get(mode, 0) + 1
+            return sdpa(*args, **kw)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+        config = MethodConfig(keep_ratio=0.3, reset_every=0, sdpa_flops=mode)
+        runs[mode] = StreamingEngine(model, config, FeatureTask(dense=True)).run_clip(clip)
+    assert calls.get("handle", 0) > 0 and "explicit" not in calls
+    for a, b in zip(runs["handle"], runs["explicit"], strict=True):
+        assert torch.allclose(a.predictions, b.predictions, atol=1e-5)

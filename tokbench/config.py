@@ -1,15 +1,16 @@
-"""The method configuration: one frozen dataclass, presets, validation (method.md section 11)."""
+"""The method configuration: one frozen dataclass, presets, validation, ``--set`` parsing (method.md section 11)."""
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
-from tokbench.errors import ConfigError
+from tokbench.errors import ConfigError, unknown_name
 from tokbench.policies import BASELINES
 from tokbench.rollout import HEAD_FUSIONS
 from tokbench.selection import ORDERS, RESET_PATTERNS, TIE_BREAKS, check_ratios
-from tokbench.tracking import BOUNDS, SIMILARITIES
+from tokbench.tracking import BOUNDS, FEATURES, SIMILARITIES
 
 PRESETS = ("default", "reference", "robust")
 POLICIES = ("rgtp", "dense", *BASELINES)
@@ -51,8 +52,22 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "kv_reuse": ("auto", "on", "off"),
     "anchor_fallback": ("empty", "no_boxes"),
     "anchor_clip_end": ("g_minus_1", "g"),
+    "track_features": FEATURES,
+    "window_queries": ("all", "kept"),
+    "sdpa_flops": ("handle", "explicit"),
     "preset": PRESETS,
 }
+
+# method.md section 11 names that differ from the field names, and values spelled differently there
+ALIASES: dict[str, str] = {
+    "fg_sample_ratio": "fg_ratio",
+    "bg_sample_ratio": "bg_ratio",
+    "sampling_order": "order",
+    "track_radius": "window",
+    "track_similarity": "similarity",
+    "track_min_gain_pct": "min_gain_pct",
+}
+_VALUE_ALIASES: dict[str, dict[str, str]] = {"order": {"rank_raster": "rank"}}
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,7 @@ class MethodConfig:
     window: int = 1  # tracking radius r; 0 = off
     similarity: str = "dot"
     track_bounds: str = "mask"
+    track_features: str = "patch_embed"  # patch_embed: z^t; block0_keys: the cut block's head-averaged keys
     min_gain_pct: float | None = None
     reset_every: int = 8  # k; 0 = never
     reset_mode: str = "auto"  # auto: full for dense tasks, pattern for classification
@@ -78,8 +94,11 @@ class MethodConfig:
     rollout_norm: str = "sum"
     block0_columns: str = "cut"
     pruned_score_fill: str = "auto"
-    cut: str = "block0"  # block0: after block 0's attention + residual (reference); input: before block 0
-    kv_reuse: str = "auto"  # auto: on for dense tasks
+    cut: str = "block0"  # block0: after block prune_block's attention + residual (reference); input: before block 0
+    prune_block: int = 0  # the block whose attention + residual precedes the cut (cut=block0)
+    kv_reuse: str = "auto"  # auto: on for dense tasks (and eventful)
+    window_queries: str = "all"  # windowed blocks after the cut: all queries of every window (reference), or kept
+    sdpa_flops: str = "handle"  # handle: fused SDPA; explicit: every attention as q k^T, softmax, @ v
     anchor_score_thr: float = 0.1
     anchor_fallback: str = "empty"
     anchor_clip_end: str = "g_minus_1"
@@ -98,6 +117,37 @@ class MethodConfig:
             raise ConfigError(f"tracking window must be >= 0, got {self.window}")
         if self.reset_every < 0:
             raise ConfigError(f"reset interval must be >= 0 (0 = never), got {self.reset_every}")
+        if self.prune_block < 0:
+            raise ConfigError(f"prune_block must be >= 0, got {self.prune_block}")
+        if self.cut == "input" and self.prune_block:
+            raise ConfigError("prune_block applies to cut=block0; cut=input prunes before block 0")
+        if self.cut == "input" and self.track_features == "block0_keys":
+            raise ConfigError("track_features=block0_keys needs cut=block0: no block runs before an input cut")
+
+    def computed_scores(self, kv_reuse: bool) -> bool:
+        """Whether a pruned frame's rollout gives every position a computed score (method.md 2.7): with K/V reuse
+        (buffered attention rows), or with ``block0_columns=keep`` at a ``block0`` cut."""
+        return kv_reuse or (self.block0_columns == "keep" and self.cut == "block0")
+
+    def resolve(self, dense: bool) -> MethodConfig:
+        """A copy with every ``auto`` replaced by what runs for a ``dense`` (or classification) task.
+
+        ``kv_reuse``: on for dense tasks and for eventful; ``reset_mode``: full for dense tasks, else pattern;
+        ``pruned_score_fill``: computed where every position gets a computed score, else nearest_kept. Raises
+        ``ConfigError`` for an explicit ``pruned_score_fill=computed`` where RGTP has no computed score.
+        """
+        kv = self.kv_reuse
+        if kv == "auto":
+            kv = "on" if dense or self.policy == "eventful" else "off"
+        reset = self.reset_mode if self.reset_mode != "auto" else ("full" if dense else "pattern")
+        computed = self.computed_scores(kv == "on")
+        fill = self.pruned_score_fill
+        if fill == "auto":
+            fill = "computed" if computed else "nearest_kept"
+        if fill == "computed" and not computed and self.policy == "rgtp":
+            raise ConfigError("pruned_score_fill=computed needs K/V reuse or block0_columns=keep at cut=block0; "
+                              "pruned positions have no computed score here")
+        return self.replace(kv_reuse=kv, reset_mode=reset, pruned_score_fill=fill)
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides) -> MethodConfig:
@@ -107,6 +157,8 @@ class MethodConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown method option(s): {', '.join(sorted(unknown))}")
+        if overrides.get("preset") is not None:
+            raise ConfigError("the preset is the first argument of from_preset, not an override")
         values = {**_PRESET_VALUES[preset], **{k: v for k, v in overrides.items() if v is not None}}
         return cls(preset=preset, **values)
 
@@ -115,3 +167,45 @@ class MethodConfig:
 
     def replace(self, **changes) -> MethodConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, raw: str, kind: object) -> object:
+    """``raw`` as the type of field ``name`` (``int``, ``float``, ``str``, optionally ``| None``)."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        if raw.lower() == "none":
+            return None
+        kind = next(a for a in args if a is not type(None))
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"--set {name}={raw}: expected {'an integer' if kind is int else 'a number'}") from None
+    return _VALUE_ALIASES.get(name, {}).get(raw, raw)
+
+
+def parse_set(items: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` items -> typed overrides for ``MethodConfig.from_preset``.
+
+    Keys are field names or method.md section 11 names (``track_radius``, ``fg_sample_ratio``, ...); values are
+    coerced to the field's type (``none`` clears an optional number). Later items win. Choices are validated when
+    the config is built. Raises ``ConfigError`` for an item without ``=``, an unknown key (with close matches) or a
+    value of the wrong type.
+    """
+    hints = typing.get_type_hints(MethodConfig)
+    names = [f.name for f in dataclasses.fields(MethodConfig) if f.name != "preset"]
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        if key == "preset":
+            raise ConfigError("choose the preset with --preset, not --set")
+        name = ALIASES.get(key, key)
+        if name not in names:
+            raise ConfigError(str(unknown_name("method option", key, [*names, *ALIASES])))
+        overrides[name] = _coerce(name, raw, hints[name])
+    return overrides

@@ -73,7 +73,9 @@ class ClipState:
     t: int = 0
     heatmap: torch.Tensor | None = None  # s^{t-1} [B, N], untracked
     embed: torch.Tensor | None = None  # z^{t-1} [B, N, C]
+    keys: torch.Tensor | None = None  # the cut block's head-averaged patch keys of frame t-1 [B, N, Ch]
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V [B, H, N', Ch]
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)  # windowed block -> Q [B, H, N', Ch] (all)
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> fused attention rows [B, N', N']
     output: torch.Tensor | None = None  # last computed output of every position [B, N', C]
     reference: torch.Tensor | None = None  # eventful: patch embeddings when each token was last computed [B, N, C]
@@ -93,6 +95,7 @@ class FrameRecord:
     predictions: Any
     heatmap: torch.Tensor | None = None  # s^t [B, N], the rollout of this frame
     degenerate_heatmaps: int = 0  # samples whose rollout was all-zero / non-finite (replaced by uniform)
+    pattern: bool = False  # a reset frame pruned with the fixed pattern (reset_mode=pattern), not fully processed
 
 
 def _seq_index(keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
@@ -118,33 +121,44 @@ def scatter_tokens(buf: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dim:
 
 
 class StreamingEngine:
-    """Pruned (or dense) streaming inference of a timm ViT over clips."""
+    """Pruned (or dense) streaming inference of a timm ViT over clips.
+
+    ``config`` is the configuration as given; ``resolved`` is what runs (every ``auto`` replaced, see
+    ``MethodConfig.resolve``).
+    """
 
     def __init__(self, model: nn.Module | ViTAdapter, config: MethodConfig, task: Task) -> None:
         self.vit = adapter_for(model)
         self.config = config
         self.task = task
-        self.policy = config.policy
-        self.rollout = config.policy == "rgtp"
-        self.prunes = config.policy != "dense"
-        kv = config.kv_reuse
-        # Eventful pruning reuses every pruned token's last K/V, as its reference does, for any task
-        self.kv_reuse = (task.dense or config.policy == "eventful") if kv == "auto" else kv == "on"
-        if config.policy == "cls-attn" and config.cut == "input":
-            raise ConfigError("cls-attn scores tokens by block 0's attention; it needs cut=block0")
-        if config.policy == "cls-attn" and not self.vit.is_global(0):
-            raise ConfigError("cls-attn needs block 0's full attention; block 0 of this model is windowed")
-        if self.prunes and self.vit.needs_all_keys and not self.kv_reuse:
-            raise ConfigError("windowed / relative-position attention needs every key: use a dense task or kv_reuse=on")
-        if self.rollout and config.rollout_pool > 1 and not self.kv_reuse:
-            raise ConfigError("rollout_pool > 1 needs K/V reuse (a dense task, or kv_reuse=on): a pooled row "
-                              "averages every query of its cell")
-        if config.policy == "boxmask" and not hasattr(task, "box_mask"):
-            raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
-        mode = config.reset_mode
-        self.reset_mode = ("full" if task.dense else "pattern") if mode == "auto" else mode
+        self.resolved = cfg = config.resolve(task.dense)
+        self.policy = cfg.policy
+        self.rollout = cfg.policy == "rgtp"
+        self.prunes = cfg.policy != "dense"
+        self.kv_reuse = cfg.kv_reuse == "on"
+        self.reset_mode = cfg.reset_mode
+        self.cut_block = cfg.prune_block if cfg.cut == "block0" else None  # None: the cut is before block 0
+        self.explicit = cfg.sdpa_flops == "explicit"
+        self._check()
         self._clips = 0
         self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds spent in select / rollout
+
+    def _check(self) -> None:
+        """Refuse what this model and task cannot run (one-line ``ConfigError``s)."""
+        cfg, vit, block = self.resolved, self.vit, self.resolved.prune_block
+        if block >= vit.depth:
+            raise ConfigError(f"prune_block {block} must be below the model's depth {vit.depth}")
+        if cfg.policy == "cls-attn" and cfg.cut == "input":
+            raise ConfigError("cls-attn scores tokens by the cut block's attention; it needs cut=block0")
+        if cfg.policy == "cls-attn" and not vit.is_global(block):
+            raise ConfigError(f"cls-attn needs block {block}'s full attention; block {block} of this model is windowed")
+        if self.prunes and vit.needs_all_keys and not self.kv_reuse:
+            raise ConfigError("windowed / relative-position attention needs every key: use a dense task or kv_reuse=on")
+        if self.rollout and cfg.rollout_pool > 1 and not self.kv_reuse:
+            raise ConfigError("rollout_pool > 1 needs K/V reuse (a dense task, or kv_reuse=on): a pooled row "
+                              "averages every query of its cell")
+        if cfg.policy == "boxmask" and not hasattr(self.task, "box_mask"):
+            raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
 
     @contextmanager
     def _timed(self, part: str):
@@ -168,31 +182,28 @@ class StreamingEngine:
     @torch.inference_mode()
     def step(self, frames: torch.Tensor, state: ClipState) -> FrameRecord:
         """Process frame ``t = state.t`` of every clip in the batch: ``frames [B, 3, H, W]``."""
-        vit, cfg = self.vit, self.config
+        vit, cfg = self.vit, self.resolved
         kind = frame_kind(state.t, cfg.reset_every) if self.prunes else FULL
         z, grid = vit.embed(frames)
         x = vit.tokens(z, grid)
-        keep = seq = None
+        keep = seq = keys = None  # keys: the cut block's head-averaged patch keys [B, N, Ch]
         attn: dict[int, torch.Tensor] = {}  # block -> attention probabilities, for the rollout
-        if cfg.cut == "input":
+        if self.cut_block is None:
             with self._timed("select"):
-                keep = self._select(kind, state, z, grid, None)
+                keep = self._select(kind, state, z, None, grid, None)
             seq = None if keep is None else _seq_index(keep, vit.num_prefix)
             x = x if seq is None else gather_tokens(x, seq)
         for i, blk in enumerate(vit.blocks):
             q, k, v = vit.qkv(blk, x)
-            if i == 0:
-                keys0 = k
-            if self.kv_reuse:
-                k, v = self._reuse_kv(state, i, seq, k, v)
-            need_probs = (self.rollout and vit.is_global(i)) or (i == 0 and self.policy == "cls-attn")
-            out, probs = vit.attend(blk, q, k, v, need_probs=need_probs, positions=None if seq is None else keep)
+            if i == self.cut_block:
+                keys = vit.block0_keys(k)
+            out, probs = self._attend(state, i, q, k, v, seq, keep)
             if probs is not None and self.rollout:
                 attn[i] = probs
             x = vit.attn_residual(blk, x, out)
-            if i == 0 and cfg.cut == "block0":
+            if i == self.cut_block:
                 with self._timed("select"):
-                    keep = self._select(kind, state, z, grid, probs)
+                    keep = self._select(kind, state, z, keys, grid, probs)
                 if keep is not None:
                     seq = _seq_index(keep, vit.num_prefix)
                     x = gather_tokens(x, seq)
@@ -207,42 +218,79 @@ class StreamingEngine:
             num_kept=z.shape[1] if keep is None else keep.shape[1],
             num_patches=z.shape[1],
             predictions=predictions,
+            pattern=kind == RESET and keep is not None,
         )
         if self.rollout:
             with self._timed("rollout"):
                 start = self.task.rollout_start(vit, predictions, tokens, grid)
                 record.heatmap, record.degenerate_heatmaps = self._heatmap(
-                    state, kind, attn, start, seq, keep, keys0, z, grid
+                    state, kind, attn, start, seq, keep, keys, z, grid
                 )
         if self.policy == "eventful":
             fresh = z if keep is None else gather_tokens(z, keep)
             state.reference = z.clone() if keep is None else scatter_tokens(state.reference, keep, fresh)
         if self.policy == "boxmask":
             state.boxes = self.task.box_mask(predictions, grid)
-        state.heatmap, state.embed, state.t = record.heatmap, z, state.t + 1
+        state.heatmap, state.embed, state.keys, state.t = record.heatmap, z, keys, state.t + 1
         return record
+
+    def _attend(
+        self,
+        state: ClipState,
+        block: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        seq: torch.Tensor | None,
+        keep: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block ``block``'s attention for the sequence's queries ``q [B, H, S, Ch]`` (``seq [B, S]``, None = all).
+
+        With K/V reuse the keys/values come from the block's buffer (all ``N'`` positions); a windowed block with
+        ``window_queries=all`` also runs every query of every window on its Q buffer, then keeps the kept rows.
+        Returns the output ``[B, H, S, Ch]`` and, where needed, the probabilities ``[B, H, S, Sk]``.
+        """
+        vit, blk = self.vit, self.vit.blocks[block]
+        need_probs = (self.rollout and vit.is_global(block)) or (block == self.cut_block and self.policy == "cls-attn")
+        if self.kv_reuse and (self.cut_block is None or block > self.cut_block):
+            k, v = self._reuse_kv(state, block, seq, k, v)
+            if self.resolved.window_queries == "all" and not vit.is_global(block):
+                q_all = _refresh(state.queries, block, seq, q)
+                if seq is not None:
+                    out, _ = vit.attend(blk, q_all, k, v, need_probs=False, explicit=self.explicit)
+                    return gather_tokens(out, seq, dim=2), None
+        positions = None if seq is None else keep
+        return vit.attend(blk, q, k, v, need_probs=need_probs, positions=positions, explicit=self.explicit)
 
     # -- selection -------------------------------------------------------------------------------------------
 
     def _select(
-        self, kind: str, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs0: torch.Tensor | None
+        self,
+        kind: str,
+        state: ClipState,
+        z: torch.Tensor,
+        keys: torch.Tensor | None,
+        grid: tuple[int, int],
+        probs: torch.Tensor | None,
     ) -> torch.Tensor | None:
         """Kept patch indices ``[B, n]`` for this frame, or ``None`` to keep every patch.
 
-        ``z [B, N, C]`` are this frame's patch embeddings, ``probs0 [B, H, S, S]`` block 0's attention (cls-attn).
+        ``z [B, N, C]`` are this frame's patch embeddings, ``keys [B, N, Ch]`` the cut block's head-averaged patch
+        keys (``None`` at an input cut), ``probs [B, H, N', N']`` the cut block's attention (cls-attn).
         """
-        cfg = self.config
+        cfg = self.resolved
         if kind == FULL or (kind == RESET and self.reset_mode == "full"):
             return None
         if kind == RESET:
             pattern = reset_pattern_indices(grid, cfg.reset_pattern).to(z.device)
             return pattern.expand(z.shape[0], -1)
         if not self.rollout:
-            return self._baseline(state, z, grid, probs0)
+            return self._baseline(state, z, grid, probs)
+        prev, cur = (state.keys, keys) if cfg.track_features == "block0_keys" else (state.embed, z)
         scores = track_scores(
             state.heatmap,
-            state.embed,
-            z,
+            prev,
+            cur,
             grid,
             cfg.window,
             cfg.similarity,
@@ -254,17 +302,17 @@ class StreamingEngine:
         )
 
     def _baseline(
-        self, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs0: torch.Tensor | None
+        self, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs: torch.Tensor | None
     ) -> torch.Tensor:
         """A baseline policy's keep set at RGTP's budget: ``[B, n]`` ascending."""
-        cfg, b, num_patches = self.config, int(z.shape[0]), int(z.shape[1])
+        cfg, b, num_patches = self.resolved, int(z.shape[0]), int(z.shape[1])
         n = kept_count(num_patches, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio)
         if self.policy == "random":
             return random_indices(b, num_patches, n, state.rng).to(z.device)
         if self.policy == "grid":
             return grid_indices(grid, n).to(z.device).expand(b, -1)
         if self.policy == "cls-attn":
-            return top_n(cls_attn_scores(probs0, self.vit.num_prefix, self.vit.has_class_token), n)
+            return top_n(cls_attn_scores(probs, self.vit.num_prefix, self.vit.has_class_token), n)
         if self.policy == "eventful":
             return top_n(eventful_scores(z, state.reference), n)
         return top_n(boxmask_scores(state.boxes, grid, n), n)
@@ -282,8 +330,11 @@ class StreamingEngine:
         return scatter_tokens(kbuf, seq, k, dim=2), scatter_tokens(vbuf, seq, v, dim=2)
 
     def _dense_output(self, state: ClipState, x: torch.Tensor, seq: torch.Tensor | None) -> torch.Tensor:
-        """Fill pruned positions from the output buffer: ``x [B, S, C]`` -> ``[B, N', C]``."""
-        state.output = x if seq is None else scatter_tokens(state.output, seq, x)
+        """Fill pruned positions from the output buffer: ``x [B, S, C]`` -> ``[B, N', C]``.
+
+        Out of place: the returned map may be held by the caller (a frame's predictions) after later frames ran.
+        """
+        state.output = x if seq is None else state.output.scatter(1, seq[..., None].expand_as(x), x)
         return state.output
 
     # -- rollout ------------------------------------------------------------------------------------------------
@@ -296,12 +347,18 @@ class StreamingEngine:
         start: torch.Tensor,
         seq: torch.Tensor | None,
         keep: torch.Tensor | None,
-        keys0: torch.Tensor,
+        keys: torch.Tensor | None,
         z: torch.Tensor,
         grid: tuple[int, int],
     ) -> tuple[torch.Tensor, int]:
-        """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and the degenerate count."""
-        cfg, num_prefix = self.config, self.vit.num_prefix
+        """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and the degenerate count.
+
+        ``start [B, S]`` weights the output tokens the head saw; ``keys [B, N, Ch]`` (the cut block's, or ``None``)
+        match pruned patches to kept ones (``nearest_kept``).
+        """
+        cfg, num_prefix, num_patches = self.resolved, self.vit.num_prefix, z.shape[1]
+        if self.kv_reuse and start.shape[1] != num_prefix + num_patches:  # classification: the head saw S tokens
+            start = scatter_tokens(start.new_zeros(start.shape[0], num_prefix + num_patches), seq, start)
         if cfg.rollout_pool > 1:
             scores = self._rollout_pooled(state, attn, seq, start, grid)
         else:
@@ -311,8 +368,11 @@ class StreamingEngine:
             else:
                 scores = self._rollout_shrinking(mats, seq, start)
         scores = scores[:, num_prefix:]
-        if scores.shape[1] < z.shape[1]:
-            scores = self._fill_pruned(kind, state, scores, keep, keys0, z)
+        if cfg.pruned_score_fill == "previous" and kind == PRUNED:
+            kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
+            scores = scatter_tokens(state.heatmap.clone(), keep, kept)
+        elif scores.shape[1] < num_patches:
+            scores = nearest_kept_fill(scores, keep, z if keys is None else keys)
         bad = ~torch.isfinite(scores).all(dim=1) | (scores.sum(dim=1) <= 0)
         if bad.any():
             scores = torch.where(bad[:, None], torch.ones_like(scores), scores)
@@ -322,7 +382,7 @@ class StreamingEngine:
 
     def _propagate(self, mats: list[torch.Tensor], start: torch.Tensor) -> torch.Tensor:
         """``a_0^T ... a_L^T start`` in vector form, or via the rollout matrix (starting from I) in matrix form."""
-        if self.config.rollout_form == "vector":
+        if self.resolved.rollout_form == "vector":
             return rollout_vector_from(mats, start)
         rollout = torch.eye(mats[0].shape[-1], dtype=start.dtype, device=start.device).expand_as(mats[0])
         for a in mats:
@@ -334,7 +394,8 @@ class StreamingEngine:
     ) -> torch.Tensor:
         """K/V-reuse rollout: kept rows refresh per-block ``[B, N', N']`` buffers of normalised rows. -> ``[B, N']``.
 
-        Row normalisation acts row by row, so buffering normalised rows equals normalising the buffered rows.
+        Blocks up to the cut ran every query (square maps) and replace their buffer. Row normalisation acts row by
+        row, so buffering normalised rows equals normalising the buffered rows.
         """
         for block, rows in mats.items():
             if rows.shape[1] == rows.shape[2]:
@@ -353,17 +414,20 @@ class StreamingEngine:
     ) -> torch.Tensor:
         """K/V-reuse rollout on p x p cells (method.md 2.6) -> ``[B, N']``, cell scores upsampled bilinearly.
 
-        Fused rows are pooled (keys summed, queries averaged over the cell's computed queries), then get the
-        identity and row normalisation on the ``M``-cell matrices; a cell without a computed query keeps its
-        buffered row. Anchors: cells at least half covered.
+        Fused rows are pooled (keys summed, queries averaged), then get the identity and row normalisation on the
+        ``M``-cell matrices. Blocks whose attention ran on all ``N'`` queries (every block of a full frame, and
+        the blocks up to the cut of a pruned one) pool every query; the blocks after the cut average each cell's
+        kept queries, and a cell without one keeps its buffered row. Anchors: cells at least half covered.
         """
-        cfg, prefix, pool = self.config, self.vit.num_prefix, self.config.rollout_pool
+        cfg, prefix, pool = self.resolved, self.vit.num_prefix, self.resolved.rollout_pool
         if grid[0] % pool or grid[1] % pool:
             raise ConfigError(f"rollout_pool {pool} must divide the {grid[0]}x{grid[1]} token grid")
+        num_tokens = prefix + grid[0] * grid[1]
         for block, probs in attn.items():
-            pooled, filled = pool_attention(fuse_heads(probs, cfg.head_fusion), grid, pool, prefix, seq)
+            queries = None if probs.shape[2] == num_tokens else seq
+            pooled, filled = pool_attention(fuse_heads(probs, cfg.head_fusion), grid, pool, prefix, queries)
             rows = residual_normalize(pooled)
-            state.rows[block] = rows if seq is None else torch.where(filled[..., None], rows, state.rows[block])
+            state.rows[block] = rows if queries is None else torch.where(filled[..., None], rows, state.rows[block])
         u = pool_start(start, grid, pool, prefix)
         if cfg.anchor_fallback == "empty":
             patch_cells = torch.arange(u.shape[1], device=u.device) >= prefix
@@ -375,35 +439,44 @@ class StreamingEngine:
     ) -> torch.Tensor:
         """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``) -> ``[B, S]`` or ``[B, N']``.
 
-        Blocks after the cut roll out over the kept tokens; block 0's full matrix is cut to the kept rows and
-        (``block0_columns=cut``) columns, or keeps all columns (``keep``: every position gets a computed score).
+        Blocks after the cut roll out over the kept tokens. The blocks up to the cut ran on all ``N'`` tokens;
+        their product ``R = a_c ... a_0`` is cut to the kept rows and (``block0_columns=cut``) columns, or keeps
+        all columns (``keep``: every position gets a computed score). At an input cut every block is reduced.
         """
         if seq is not None and start.shape[1] != seq.shape[1]:  # dense task without K/V reuse: kept anchors only
             start = gather_tokens(start, seq)
             start = torch.where(start.sum(1, keepdim=True) > 0, start, torch.ones_like(start))
             start = start / start.sum(1, keepdim=True)
-        later = [mats[b] for b in sorted(mats) if b > 0]
+        cut = self.cut_block or 0
+        later = [mats[b] for b in sorted(mats) if b > cut]
         v = self._propagate(later, start) if later else start
-        a0 = mats[0]
-        if seq is not None and a0.shape[1] != seq.shape[1]:  # block-0 cut: a0 is [B, N', N'], normalised in full
-            a0 = gather_tokens(a0, seq, dim=1)
-            if self.config.block0_columns == "cut":
-                a0 = gather_tokens(a0, seq, dim=2)
-        return torch.bmm(v.unsqueeze(1), a0).squeeze(1)
+        full = [mats[b] for b in sorted(mats) if b <= cut]  # first block first
+        if seq is not None and full[-1].shape[1] != seq.shape[1]:  # cut R: kept rows of a_c, kept columns of a_0
+            full[-1] = gather_tokens(full[-1], seq, dim=1)
+            if self.resolved.block0_columns == "cut":
+                full[0] = gather_tokens(full[0], seq, dim=2)
+        for a in reversed(full):
+            v = torch.bmm(v.unsqueeze(1), a).squeeze(1)
+        return v
 
-    def _fill_pruned(
-        self,
-        kind: str,
-        state: ClipState,
-        kept_scores: torch.Tensor,
-        keep: torch.Tensor,
-        keys0: torch.Tensor,
-        z: torch.Tensor,
-    ) -> torch.Tensor:
-        """Scores for all N patches from scores of the kept ones (``kept_scores [B, n]``) -> ``[B, N]``."""
-        if self.config.pruned_score_fill == "previous" and kind == PRUNED:
-            return scatter_tokens(state.heatmap.clone(), keep, kept_scores)
-        # nearest kept patch by block 0's head-averaged keys; raw patch embeddings when block 0 itself was pruned
-        feats = self.vit.block0_keys(keys0) if self.config.cut == "block0" else z
-        nearest = torch.einsum("bnc,bkc->bnk", feats, gather_tokens(feats, keep)).argmax(dim=-1)
-        return scatter_tokens(kept_scores.gather(1, nearest), keep, kept_scores)
+
+def nearest_kept_fill(kept_scores: torch.Tensor, keep: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Scores of all N patches from the kept ones: a pruned patch takes its nearest kept patch's score.
+
+    Args:
+        kept_scores: ``[B, n]`` scores of the kept patches ``keep [B, n]``.
+        feats: ``[B, N, D]`` matching features, nearness by raw dot product: the cut block's head-averaged keys
+            (``D = Ch``), or the patch embeddings at an input cut (``D = C``).
+    Returns:
+        ``[B, N]``.
+    """
+    nearest = torch.einsum("bnc,bkc->bnk", feats, gather_tokens(feats, keep)).argmax(dim=-1)
+    return scatter_tokens(kept_scores.gather(1, nearest), keep, kept_scores)
+
+
+def _refresh(buffers: dict[int, torch.Tensor], block: int, seq: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+    """Store ``t [B, H, N', Ch]`` as the block's buffer (``seq None``), or write ``t [B, H, S, Ch]`` at ``seq``."""
+    if seq is None:
+        buffers[block] = t
+        return t
+    return scatter_tokens(buffers[block], seq, t, dim=2)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 SIMILARITIES = ("dot", "cosine")
+FEATURES = ("patch_embed", "block0_keys")  # what is matched: raw patch embeddings, or the cut block's mean keys
 BOUNDS = ("mask", "sentinel")
 
 

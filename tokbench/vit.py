@@ -100,18 +100,20 @@ class ViTAdapter:
         *,
         need_probs: bool,
         positions: torch.Tensor | None = None,
+        explicit: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scaled dot-product attention of q ``[B, H, Sq, Ch]`` over k, v ``[B, H, Sk, Ch]``.
 
         ``positions`` (the queries' patch indices) matter only to position-aware attention (windowed models).
 
-        Returns the output ``[B, H, Sq, Ch]`` and, if ``need_probs``, the probabilities ``[B, H, Sq, Sk]``
-        (computed explicitly, as timm's unfused path does); otherwise fused SDPA and ``None``.
+        Returns the output ``[B, H, Sq, Ch]`` and, if ``need_probs``, the probabilities ``[B, H, Sq, Sk]``.
+        With ``need_probs`` or ``explicit`` attention runs as explicit matmuls (q kᵀ, softmax, @ v, as timm's
+        unfused path); otherwise as fused SDPA.
         """
-        if not need_probs:
+        if not (need_probs or explicit):
             return F.scaled_dot_product_attention(q, k, v), None
         probs = ((q * block.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return probs @ v, probs
+        return probs @ v, probs if need_probs else None
 
     def attn_residual(self, block: Block, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``x + ls1(proj(out))`` with ``out [B, H, S, Ch]`` and ``x [B, S, C]``."""
@@ -132,7 +134,11 @@ class ViTAdapter:
         return self.model.forward_head(x)
 
     def block0_keys(self, k: torch.Tensor) -> torch.Tensor:
-        """Head-averaged keys of the patch tokens, ``[B, H, P + N, Ch]`` -> ``[B, N, Ch]``."""
+        """Head-averaged keys of the patch tokens, ``[B, H, P + N, Ch]`` -> ``[B, N, Ch]``.
+
+        The engine applies it to the cut block's keys (block ``prune_block``, 0 by default): the features of the
+        nearest-kept fill and of ``track_features=block0_keys``.
+        """
         return k[:, :, self.num_prefix :].mean(dim=1)
 
 

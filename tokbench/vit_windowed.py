@@ -4,8 +4,10 @@ The adapter keeps ``ViTAdapter``'s piece-by-piece interface, so the streaming en
 as it prunes a plain ViT. What differs is attention: a windowed block lets a query see only the keys of its own
 ``w x w`` window (the grid padded to a multiple of ``w``; padded positions hold the keys and values of a zero
 input, as timm pads after ``norm1``), and every block may add decomposed relative-position biases (MViTv2 /
-ViTDet) computed from the unscaled query. On a pruned frame only the kept queries are computed, each against its
-own window of the full (reused) key/value buffers, so the multiply-adds are exactly the kept queries' share.
+ViTDet) computed from the unscaled query. Given kept queries and their ``positions``, only those are computed,
+each against its own window of the full (reused) key/value buffers, so the multiply-adds are exactly the kept
+queries' share (``window_queries=kept``). For the reference's ``window_queries=all`` the engine passes the buffered
+queries of every position (``positions=None``) and keeps the kept outputs.
 
 Shapes: B batch, H heads, S queries, N = h * w patches (no prefix tokens), Ch head channels, w window side.
 """
@@ -73,23 +75,25 @@ class WindowedViTAdapter(ViTAdapter):
         *,
         need_probs: bool,
         positions: torch.Tensor | None = None,
+        explicit: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention of queries ``q [B, H, S, Ch]`` at patch ``positions [B, S]`` (``None``: all N, in order).
 
         Global blocks attend over ``k, v`` as given (``[B, H, Sk, Ch]``; with a relative-position bias they must
         hold all N positions). Windowed blocks need all N keys; their probabilities are never returned (the
-        rollout skips windowed blocks), so ``need_probs`` applies to global blocks only.
+        rollout skips windowed blocks), so ``need_probs`` applies to global blocks only. ``explicit``: explicit
+        matmuls instead of fused SDPA (kept queries always run explicitly).
         """
         if block.window_size == 0:
             if block.attn.use_rel_pos and k.shape[2] != self.grid[0] * self.grid[1]:
                 raise UnsupportedModelError("relative-position attention needs every key: run with kv_reuse on")
             qy, qx = _coords(positions, q, self.grid)
             bias = _rel_bias(block, q, qy, qx, self.grid) if block.attn.use_rel_pos else None
-            return _attention(block, q, k, v, bias, need_probs)
+            return _attention(block, q, k, v, bias, need_probs, explicit)
         if need_probs:
             raise UnsupportedModelError("windowed blocks take no part in the rollout")
         if positions is None:
-            return _windows_all(block, q, k, v, self.grid), None
+            return _windows_all(block, q, k, v, self.grid, explicit), None
         return _windows_kept(block, q, k, v, positions, self.grid), None
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,12 +124,12 @@ def _rel_bias(block: Block, q: torch.Tensor, qy: torch.Tensor, qx: torch.Tensor,
     return (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)
 
 
-def _attention(block: Block, q, k, v, bias, need_probs: bool):
-    if not need_probs:
+def _attention(block: Block, q, k, v, bias, need_probs: bool, explicit: bool = False):
+    if not (need_probs or explicit):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
     logits = (q * block.attn.scale) @ k.transpose(-2, -1)
     probs = (logits if bias is None else logits + bias).softmax(dim=-1)
-    return probs @ v, probs
+    return probs @ v, probs if need_probs else None
 
 
 def _padded_windows(block: Block, t: torch.Tensor, part: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -147,7 +151,7 @@ def _padded_windows(block: Block, t: torch.Tensor, part: int, grid: tuple[int, i
     return t.reshape(b, nh, -1, ws * ws, ch)
 
 
-def _windows_all(block: Block, q, k, v, grid: tuple[int, int]) -> torch.Tensor:
+def _windows_all(block: Block, q, k, v, grid: tuple[int, int], explicit: bool = False) -> torch.Tensor:
     """Every query in its window (timm's partition path): ``[B, H, N, Ch]``."""
     ws, (h, w) = block.window_size, grid
     b, nh, _, ch = q.shape
@@ -158,7 +162,7 @@ def _windows_all(block: Block, q, k, v, grid: tuple[int, int]) -> torch.Tensor:
     if block.attn.use_rel_pos:
         local = torch.arange(ws * ws, device=q.device).expand(qw.shape[0], -1)
         bias = _rel_bias(block, qw, local // ws, local % ws, (ws, ws))
-    out, _ = _attention(block, qw, kw, vw, bias, need_probs=False)
+    out, _ = _attention(block, qw, kw, vw, bias, need_probs=False, explicit=explicit)
     hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
     out = out.reshape(b, hp // ws, wp // ws, nh, ws, ws, ch).permute(0, 3, 1, 4, 2, 5, 6).reshape(b, nh, hp, wp, ch)
     return out[:, :, :h, :w].reshape(b, nh, h * w, ch)
