@@ -13,11 +13,13 @@ from tokbench.flops import EXTRA_HANDLES, SDPA_OP, count_gmacs, dense_vit_gmacs,
 from tokbench.flops_ref import (
     ViTArch,
     backbone_macs,
+    fills_nearest_kept,
     match_macs,
     ref_clip_gmacs,
     ref_frame_gmacs,
     rollout_macs,
     schedule_average,
+    temporal_head_gmacs,
     tracking_macs,
     vitdet_b_arch,
 )
@@ -279,3 +281,27 @@ def test_bench_block_macs_closed_form_matches_fvcore():
     counted = count_gmacs(block, (torch.randn(1, 50, c),)).gmacs * 1e9
     norms = 2 * 5 * 50 * c  # fvcore also counts the two LayerNorms, 5 per element; block_macs leaves them out
     assert abs(counted - norms - block_macs(block, 50)) < 1e-6 * block_macs(block, 50)
+
+
+def test_temporal_head_and_classifier():
+    temporal = ViTArch(depth=4, dim=768, heads=12, mlp_dim=3072, grid=(1, 16), prefix=1)
+    assert temporal_head_gmacs(temporal, 400) * 1e9 == pytest.approx(backbone_macs(temporal) + 400 * 769)
+    assert temporal_head_gmacs(None, 10, dim=8) * 1e9 == pytest.approx(10 * 9)  # a timm classifier alone
+    with pytest.raises(ConfigError):
+        temporal_head_gmacs(None, 10)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kv_reuse", "columns", "fill", "expected"),
+    [
+        ("pruned", False, "cut", "nearest_kept", True),  # classification [REF]
+        ("pattern", False, "cut", "nearest_kept", True),
+        ("pruned", False, "cut", "previous", False),  # overwritten by the previous heatmap: no matching
+        ("pattern", False, "cut", "previous", True),  # pattern frames always match (method.md 2.7)
+        ("pruned", False, "keep", "computed", False),  # exact columns through block 0
+        ("pruned", True, "cut", "computed", False),  # K/V reuse: buffered rows give every position a score
+        ("full", False, "cut", "nearest_kept", False),
+    ],
+)
+def test_which_frames_pay_for_nearest_kept_matching(kind, kv_reuse, columns, fill, expected):
+    assert fills_nearest_kept(kind, kv_reuse=kv_reuse, block0_columns=columns, score_fill=fill) is expected

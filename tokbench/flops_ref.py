@@ -341,9 +341,22 @@ def schedule_average(
     return sum(c * per_kind[k] for k, c in used.items()) / total
 
 
+def temporal_head_gmacs(temporal: ViTArch | None, num_classes: int, dim: int | None = None) -> float:
+    """One view's temporal encoder (``temporal``: grid (1, T) over the step outputs, prefix 1 for its CLS; all of
+    it counted, as a dense ViT) plus the linear classifier of ``num_classes`` on its CLS output, in GMACs.
+
+    Without a temporal encoder (``None``) only the classifier is counted, on a ``dim``-wide input.
+    """
+    width = temporal.dim if temporal is not None else dim
+    if width is None:
+        raise ConfigError("temporal_head_gmacs needs the classifier's input width (dim) without a temporal encoder")
+    macs = backbone_macs(temporal) if temporal is not None else 0
+    return (macs + (linear_macs(width, num_classes) if num_classes else 0)) / GIGA
+
+
 def ref_clip_gmacs(
     spatial_per_kind: Mapping[str, Mapping[str, float]],
-    step_counts: Mapping[str, int],
+    step_counts: Mapping[str, float],
     *,
     temporal: ViTArch,
     num_classes: int,
@@ -355,8 +368,19 @@ def ref_clip_gmacs(
     temporal: the temporal encoder as a ViTArch (grid (1, T) over the step outputs, prefix 1 for its CLS).
     """
     steps = sum(c * spatial_per_kind[k]["gmacs"] for k, c in step_counts.items() if c)
-    temporal_macs = backbone_macs(temporal) + linear_macs(temporal.dim, num_classes)
-    return views * (steps + temporal_macs / GIGA)
+    return views * (steps + temporal_head_gmacs(temporal, num_classes))
+
+
+def fills_nearest_kept(kind: str, *, kv_reuse: bool, block0_columns: str = "cut", score_fill: str = "auto") -> bool:
+    """Whether a reduced frame (``kind`` 'pruned' or 'pattern') fills its pruned positions' scores by nearest-kept
+    matching (§2.7), as the engine does: only on the shrinking sequence (no K/V reuse) with the block-0 column cut;
+    ``score_fill='previous'`` replaces it on pruned frames, never on pattern frames.
+    """
+    _check(block0_columns, BLOCK0_COLUMNS, "block0_columns")
+    _check(score_fill, SCORE_FILLS, "score_fill")
+    if kind not in ("pruned", "pattern") or kv_reuse or block0_columns != "cut":
+        return False
+    return not (kind == "pruned" and score_fill == "previous")
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

@@ -1,9 +1,12 @@
 """GMACs of the streaming engine's real frames, per frame kind (fvcore convention, attention counted).
 
 fvcore traces one call and freezes the kept count, and drops work that only feeds state; so each frame kind
-(full, reset, pruned) is traced once on a real state, with the heatmap returned so the rollout is counted,
-and memoised by kind. Tracking is elementwise work fvcore does not count; it is added analytically
-(``N (2r+1)^2 C`` MACs) as its own overhead line.
+(full, reset, pruned) is traced once on a real state, with the heatmap returned so the rollout (and the
+nearest-kept matching of a shrinking sequence) is counted, and memoised by kind. Attention is counted with the
+SDPA handle or, with ``sdpa_flops='explicit'`` in the engine's configuration, as the explicit matmuls the engine
+then runs. Tracking is elementwise work fvcore does not count; it is added analytically (``N (2r+1)^2 C`` MACs)
+as its own overhead line. The matching is traced (the engine compares all N patches with the n kept ones:
+``N n C_h`` MACs) and also reported on its own line.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from tokbench.engine import FULL, PRUNED, RESET, StreamingEngine
 from tokbench.flops import count_gmacs
+from tokbench.flops_ref import GIGA, fills_nearest_kept
 from tokbench.tracking import tracking_macs
 
 
@@ -29,6 +33,8 @@ class KindCost:
     overhead_gmacs_tracking: float
     unsupported: dict[str, int]
     by_operator: dict[str, float]  # fvcore's per-operator GMACs (tracking not included)
+    overhead_gmacs_match: float = 0.0  # nearest-kept matching of pruned scores (traced; part of ``gmacs``)
+    sdpa_flops: str = "handle"  # how attention was counted: SDPA handle or explicit matmuls
 
 
 def _flatten(predictions) -> list[torch.Tensor]:
@@ -64,6 +70,7 @@ def _frame_costs(engine: StreamingEngine, frame: torch.Tensor) -> dict[str, Kind
     engine.step(frame, state)  # seeds heatmap, embeddings and buffers as a first frame does
     reset_t = engine.config.reset_every if engine.config.reset_every > 0 else None
     kinds = {FULL: 0} if not engine.prunes else {FULL: 0, PRUNED: 1} | ({RESET: reset_t} if reset_t else {})
+    sdpa = getattr(engine.config, "sdpa_flops", "handle")
     costs = {}
     for kind, t in kinds.items():
         seeded = copy.deepcopy(state)
@@ -76,8 +83,33 @@ def _frame_costs(engine: StreamingEngine, frame: torch.Tensor) -> dict[str, Kind
             extra = [rec.heatmap] if rec.heatmap is not None else []
             return tuple(_flatten(rec.predictions) + extra)
 
-        count = count_gmacs(traced, (frame,))
-        n_patches, dim = state.embed.shape[1], state.embed.shape[2]
-        track = tracking_macs(n_patches, dim, engine.config.window) / 1e9 if kind == PRUNED and engine.rollout else 0
-        costs[kind] = KindCost(kind, kept, count.gmacs + track, track, count.unsupported, count.by_operator)
+        count = count_gmacs(traced, (frame,), sdpa=sdpa)
+        n_patches = state.embed.shape[1]
+        track = tracking_gmacs(engine, n_patches) if kind == PRUNED else 0.0
+        match = match_gmacs(engine, kind, n_patches, kept)
+        costs[kind] = KindCost(kind, kept, count.gmacs + track, track, count.unsupported, count.by_operator,
+                               match, sdpa)
     return costs
+
+
+def tracking_gmacs(engine: StreamingEngine, num_patches: int) -> float:
+    """Tracking on a pruned frame, ``N (2r+1)^2 C`` in GMACs (C_h for ``track_features='block0_keys'``)."""
+    if not engine.rollout:
+        return 0.0
+    keys = getattr(engine.config, "track_features", "patch_embed") == "block0_keys"
+    dim = engine.vit.head_dim if keys else engine.vit.embed_dim
+    return tracking_macs(num_patches, dim, engine.config.window) / GIGA
+
+
+def match_gmacs(engine: StreamingEngine, kind: str, num_patches: int, kept: int) -> float:
+    """Nearest-kept matching as the engine runs it: all N patches against the n kept ones, ``N n C_h`` in GMACs
+    (``C`` on raw patch embeddings when the cut is before block 0); 0 where scores are computed (method.md 2.7)."""
+    if not engine.rollout:
+        return 0.0
+    reduced = PRUNED if kind == PRUNED else "pattern" if kind == RESET and engine.reset_mode == "pattern" else None
+    if reduced is None or not fills_nearest_kept(reduced, kv_reuse=engine.kv_reuse,
+                                                 block0_columns=engine.config.block0_columns,
+                                                 score_fill=engine.config.pruned_score_fill):
+        return 0.0
+    dim = engine.vit.head_dim if engine.config.cut == "block0" else engine.vit.embed_dim
+    return num_patches * kept * dim / GIGA
