@@ -120,10 +120,10 @@ def test_end_to_end_runs_give_records_and_summaries():
                         MethodConfig(reset_every=4), max_clips=1)
     assert [f["kind"] for f in det.frames] == ["full"] + ["pruned"] * 3 + ["reset"] + ["pruned"] * 3 + ["reset"]
     assert det.frames[1]["kept_tokens"] == 44 and len(det.frames[1]["kept"]) == 44
-    assert 0 <= det.summary["map50"] <= 100 and det.summary["frames"] == 9
+    assert 0 <= det.summary["map50"] <= 100 and det.summary["frames_run"] == 9
     act = run_action(ViViTFactorised().eval(), SyntheticAction("val", num_clips=2), MethodConfig(keep_ratio=0.3),
                      sampling=2, max_clips=2)
-    assert act.summary["frames"] == 16 and {f["frame"] for f in act.frames} == set(range(0, 16, 2))
+    assert act.summary["frames_run"] == 16 and {f["frame"] for f in act.frames} == set(range(0, 16, 2))
     assert act.summary["top1"] in (0.0, 50.0, 100.0)
 
 

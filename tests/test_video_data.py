@@ -26,8 +26,10 @@ from tokbench.data import (
     resize_centre_crop,
     sample_videos,
 )
-from tokbench.data.imagenet_vid import parse_split_list
-from tokbench.errors import DataError
+from tokbench.data.imagenet_vid import input_geometry, parse_split_list
+from tokbench.data.kinetics import spread_indices
+from tokbench.data.video import LazyFrames, crop_offsets, resize_short_side
+from tokbench.errors import ConfigError, DataError
 
 W, H, T = 48, 32, 12
 LEVELS = [20 + 18 * i for i in range(T)]  # frame i is grey LEVELS[i] (uint8) with a white square moving along y=16
@@ -188,17 +190,19 @@ OBJECT = """<object><trackid>{track}</trackid><name>{wnid}</name>
 <occluded>0</occluded><generated>0</generated></object>"""
 
 
-def write_vid(root: Path, num_frames: int = 4, lines: list[str] | None = None) -> Path:
-    """One 64x32 val snippet: an airplane (track 0) at x = 4 + k in every frame k, a zebra (track 1) in frame 2."""
+def write_vid(root: Path, num_frames: int = 4, lines: list[str] | None = None, width: int = 64,
+              height: int = 32) -> Path:
+    """One val snippet of flat (200, 100, 50) frames, 64x32 by default: an airplane (track 0) at x = 4 + k in every
+    frame k, a zebra (track 1) in frame 2."""
     frames, annotations = root / "Data/VID/val" / SNIPPET, root / "Annotations/VID/val" / SNIPPET
     frames.mkdir(parents=True)
     annotations.mkdir(parents=True)
     for k in range(num_frames):
-        Image.new("RGB", (64, 32), (200, 100, 50)).save(frames / f"{k:06d}.JPEG", quality=95)
+        Image.new("RGB", (width, height), (200, 100, 50)).save(frames / f"{k:06d}.JPEG", quality=95)
         objects = [OBJECT.format(track=0, wnid="n02691156", x0=4 + k, y0=2, x1=20 + k, y1=18)]
         if k == 2:
             objects.append(OBJECT.format(track=1, wnid="n02391049", x0=30, y0=0, x1=70, y1=40))
-        size = "<size><width>64</width><height>32</height></size>"
+        size = f"<size><width>{width}</width><height>{height}</height></size>"
         (annotations / f"{k:06d}.xml").write_text(f"<annotation><folder>{SNIPPET}</folder>{size}{''.join(objects)}"
                                                    "</annotation>")
     sets = root / "ImageSets/VID"
@@ -237,6 +241,36 @@ def test_imagenet_vid_split_list_formats(tmp_path):
     assert parse_split_list(listing) == [(SNIPPET, [3, 1]), ("ILSVRC2015_VID_train_0000/ILSVRC2015_train_0", None)]
     data = ImageNetVID(write_vid(tmp_path / "vid", lines=[SNIPPET]), size=64, num_frames=3)
     assert data.frame_names(0) == ["000000", "000001", "000002"]
+
+
+def test_imagenet_vid_clip_is_the_whole_snippet_read_frame_by_frame(tmp_path):
+    data = ImageNetVID(write_vid(tmp_path, num_frames=40), size=64)
+    clip = data[0]
+    assert len(data) == 1 and clip.frames.shape == (40, 3, 64, 64) and len(clip.targets) == 40
+    assert isinstance(clip.frames, LazyFrames)  # frames are read when indexed, never the whole snippet at once
+    assert clip.frames[3:6].shape == (3, 3, 64, 64) and clip.frames[-1].shape == (3, 64, 64)
+    torch.testing.assert_close(clip.frames[[39, 0]], torch.stack([clip.frames[39], clip.frames[0]]))
+    assert ImageNetVID(tmp_path, size=64, num_frames=32)[0].frames.shape[0] == 32  # callers may still cap
+
+
+def test_imagenet_vid_short_edge_is_640_over_1024_of_the_size_long_edge_at_most_size(tmp_path):
+    # 300x200 at S = 64: short edge to 40 (scale 0.2, long edge 60 <= 64), top left, zero pad bottom/right
+    clip = ImageNetVID(write_vid(tmp_path / "wide", width=300, height=200), size=64)[0]
+    assert clip.valid_hw == (40, 60)
+    frame = clip.frames[0]
+    np.testing.assert_allclose(frame[:, :40, :60].mean(dim=(1, 2)) * 255, [200, 100, 50], atol=3)
+    assert frame[:, 40:].abs().max() == 0 and frame[:, :, 60:].abs().max() == 0
+    torch.testing.assert_close(clip.targets[0]["boxes"], torch.tensor([[4.0, 2.0, 20.0, 18.0]]) * 0.2)
+    # the long edge caps the scale: 400x100 -> short edge 40 would make the long edge 160 > 64, so 64x16
+    clip = ImageNetVID(write_vid(tmp_path / "long", width=400, height=100), size=64)[0]
+    assert clip.valid_hw == (16, 64)
+    torch.testing.assert_close(clip.targets[0]["boxes"], torch.tensor([[4.0, 2.0, 20.0, 18.0]]) * 0.16)
+    # boxes scale per axis like the rounded picture: 250x150 -> 64x38 (x by 64/250, y by 38/150)
+    clip = ImageNetVID(write_vid(tmp_path / "odd", width=250, height=150), size=64)[0]
+    assert clip.valid_hw == (38, 64)
+    torch.testing.assert_close(clip.targets[0]["boxes"], torch.tensor([[4 * 0.256, 2 * 38 / 150, 20 * 0.256,
+                                                                        18 * 38 / 150]]))
+    assert input_geometry(480, 640, 672) == (420, 560, 420 / 480)  # a 640x480 frame at 672: 560x420 of picture
 
 
 def test_imagenet_vid_errors(tmp_path):
@@ -313,3 +347,42 @@ def test_label_csv_errors(tmp_path, video):
     (tmp_path / "seg.csv").write_text(f"video,label,start_frame,stop_frame\n{video.name},a,5,5\n")
     with pytest.raises(DataError, match="line 2: stop_frame 5 must be greater than start_frame 5"):
         LabelledVideos(video.parent, tmp_path / "seg.csv")
+
+
+def test_spread_indices_known_answers():
+    assert spread_indices(12, 2, 2, 4) == [[0, 2], [3, 5], [6, 8], [9, 11]]  # first at 0, last ends on frame 11
+    assert spread_indices(300, 32, 2, 4)[1][0] == 237 // 3 and spread_indices(300, 32, 2, 4)[3][-1] == 299
+    assert spread_indices(3, 2, 2, 4) == [[0, 2]] * 4  # no slack: every window is the whole segment
+    assert spread_indices(2, 2, 2, 4) == [[0, 1]] * 4  # shorter than the span: the last frame repeats
+
+
+def test_crop_offsets_run_along_the_longer_side():
+    assert crop_offsets(16, 24, 16) == [(0, 4)]
+    assert crop_offsets(16, 24, 16, 3) == [(0, 0), (0, 4), (0, 8)]
+    assert crop_offsets(30, 20, 16, 3) == [(0, 2), (7, 2), (14, 2)]
+    with pytest.raises(ConfigError, match="num_crops must be 1 or 3"):
+        crop_offsets(16, 24, 16, 2)
+
+
+def test_twelve_views_are_four_temporal_windows_times_three_crops(tmp_path):
+    write_video(tmp_path / "a.mp4")  # 12 frames of 48x32
+    write_video(tmp_path / "b.mp4", num_frames=8)
+    (tmp_path / "labels.csv").write_text("video,label\na.mp4,1\nb.mp4,0\n")
+    data = LabelledVideos(tmp_path, tmp_path / "labels.csv", size=16, num_frames=2, stride=2, views=12)
+    assert len(data) == 24 and data.spec()["views"] == 12
+    windows = [[0, 2], [3, 5], [6, 8], [9, 11]]
+    assert [data.frame_indices(v) for v in range(0, 12, 3)] == windows
+    assert data.frame_indices(12 + 11) == [5, 7]  # b: 8 frames, windows start at 0, 1, 3, 5
+    for v in range(12):
+        clip = data[v]
+        window, crop = divmod(v, 3)
+        left = (0, 4, 8)[crop]  # 48x32 -> 24x16: crops at the start, centre and end of the width
+        expected = resize_short_side(read_frames_at(tmp_path / "a.mp4", windows[window]), 16)
+        assert torch.equal(clip.frames, expected[:, :, :, left : left + 16])
+        assert (clip.video_id, clip.label, clip.clip_id) == ("a.mp4", 1, f"a.mp4#t{window}s{crop}")
+    assert data[12].video_id == "b.mp4" and data.label(12) == 0
+    assert len(LabelledVideos(tmp_path, tmp_path / "labels.csv", size=16, views=12, max_clips=1)) == 12
+    one = LabelledVideos(tmp_path, tmp_path / "labels.csv", size=16, num_frames=2, stride=2)
+    assert len(one) == 2 and one.frame_indices(0) == [4, 6] and one[0].clip_id == "a.mp4"
+    with pytest.raises(ConfigError, match="views must be 1 or 12"):
+        LabelledVideos(tmp_path, tmp_path / "labels.csv", views=3)

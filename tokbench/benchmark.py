@@ -1,14 +1,15 @@
 """One configuration end to end: a benchmark, a model, method settings -> per-frame records + summary metrics.
 
 Clips run in order at batch 1 with fresh state per clip (method.md 9.1). ``sampling=s`` keeps frames with
-``index % s == 0`` of each clip, and the engine's t counts the kept frames (method.md section 5).
+``index % s == 0`` of each clip, and the engine's t counts the kept frames (method.md section 5). A dataset with
+``views > 1`` (multi-view video classification, method.md 9.2) yields each video as ``views`` consecutive clips,
+each run with its own state; a video's prediction is the mean of its views' logits.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 
 from tokbench.config import MethodConfig
-from tokbench.engine import FrameRecord, StreamingEngine
-from tokbench.errors import ConfigError
+from tokbench.engine import FULL, PRUNED, RESET, FrameRecord, StreamingEngine
+from tokbench.errors import ConfigError, DataError
 from tokbench.metrics import cosine, kl_to_dense, map50, map50_vs_dense, top1, top1_agreement
 from tokbench.models.action import ViViTFactorised
 from tokbench.models.detector import ViTDetector
@@ -38,12 +39,18 @@ class RunResult:
     outputs: Outputs = None
 
 
+def _is_pattern_reset(rec: FrameRecord) -> bool:
+    """A reset frame that kept a fixed pattern (classification, method.md 5) rather than every patch."""
+    return rec.kind == RESET and getattr(rec, "pattern", rec.num_kept < rec.num_patches)
+
+
 def _frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float) -> dict:
     return {
         "clip": clip_id,
         "frame": index,
         "t": rec.t,
         "kind": rec.kind,
+        "pattern_reset": _is_pattern_reset(rec),
         "kept_tokens": rec.num_kept,
         "num_patches": rec.num_patches,
         "kept": None if rec.kept is None else rec.kept[0].tolist(),
@@ -52,18 +59,26 @@ def _frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float) -> di
     }
 
 
-def _summary(rows: list[dict], wall_s: float) -> dict:
-    kinds = Counter(r["kind"] for r in rows)
+def _summary(rows: list[dict]) -> dict:
+    """Frame counts per kind and their fractions; a reset is full (all patches) or pattern (a fixed subset).
+
+    ``frac_full_frames`` counts the frames processed in full: the first frame of every clip and the full resets.
+    """
+    frames = len(rows)
+    full = sum(r["kind"] == FULL for r in rows)
+    pattern = sum(r["kind"] == RESET and r["pattern_reset"] for r in rows)
+    reset = sum(r["kind"] == RESET for r in rows) - pattern
     return {
-        "frames": len(rows),
-        "frames_full": kinds["full"],
-        "frames_reset": kinds["reset"],
-        "frames_pruned": kinds["pruned"],
-        "frac_full_frames": (kinds["full"] + kinds["reset"]) / max(1, len(rows)),
+        "frames_run": frames,
+        "frames_full": full,
+        "frames_reset": reset,
+        "frames_pattern": pattern,
+        "frames_pruned": sum(r["kind"] == PRUNED for r in rows),
+        "frac_full_frames": (full + reset) / max(1, frames),
+        "frac_pattern_frames": pattern / max(1, frames),
         "kept_tokens_mean": statistics.fmean(r["kept_tokens"] for r in rows) if rows else 0.0,
         "nan_heatmap_frames": sum(r["degenerate_heatmap"] for r in rows),
         "step_ms_median": statistics.median(r["step_ms"] for r in rows) if rows else 0.0,
-        "wall_s": round(wall_s, 2),
     }
 
 
@@ -77,21 +92,37 @@ def _indices(num_frames: int, sampling: int, max_frames: int | None, tubelet: in
 
 def _stream(engine: StreamingEngine, dataset, loaded: LoadedModel, sampling: int, max_clips: int | None,
             max_frames: int | None, progress: Progress | None):
-    """Per clip, fresh state, sampled steps in order at batch 1: yields ``(clip, [(index, record, step_ms)])``."""
+    """Per clip, fresh state, sampled steps in order at batch 1: yields ``(clip, [(index, record, step_ms)])``.
+
+    ``max_clips`` counts videos: ``dataset.views`` clips each (1 without the attribute). Frames are read and
+    normalised one step at a time (a clip may be longer than memory allows), outside the timed engine step.
+    """
     t = loaded.tubelet
-    for c in range(len(dataset) if max_clips is None else min(max_clips, len(dataset))):
+    num_clips = len(dataset) if max_clips is None else min(max_clips * _views(dataset), len(dataset))
+    for c in range(num_clips):
         clip = dataset[c]
-        idx = _indices(clip.frames.shape[0], sampling, max_frames, t)
-        frames = loaded.steps(torch.cat([clip.frames[i : i + t] for i in idx]))
         state = engine.new_state()
         steps = []
-        for j, i in enumerate(idx):
+        for i in _indices(clip.frames.shape[0], sampling, max_frames, t):
+            frames = loaded.steps(clip.frames[i : i + t], clip.valid_hw)
             start = time.perf_counter()
-            rec = engine.step(frames[j : j + 1], state)
+            rec = engine.step(frames, state)
             steps.append((i, rec, (time.perf_counter() - start) * 1000))
             if progress:
                 progress(1)
         yield clip, steps
+
+
+def _views(dataset) -> int:
+    return getattr(dataset, "views", 1)
+
+
+def per_video(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Logits per clip ``[videos * views, K]`` (each video's views consecutive) -> the mean over each video's views
+    ``[videos, K]``: softmax of it is the video's prediction (method.md 9.2)."""
+    if logits.shape[0] % views:
+        raise DataError(f"{logits.shape[0]} clips do not make whole videos of {views} views")
+    return logits.unflatten(0, (-1, views)).mean(dim=1)
 
 
 def run_model(
@@ -108,13 +139,16 @@ def run_model(
     """Any resolved model on any dataset: labelled metrics where the data has labels, fidelity to ``reference``
     (the dense run's ``RunResult.outputs``) where given.
 
-    Outputs per kind: ``detect`` detections per frame; ``action`` logits per clip ``[clips, K]``; ``classify``
+    Outputs per kind: ``detect`` detections per frame; ``action`` logits per video ``[videos, K]`` (the mean over
+    its views' logits where the dataset has ``views > 1``; ``top1`` and fidelity are per video); ``classify``
     logits per frame ``[frames, K]``; ``features`` pooled ``[frames, C]`` and dense ``[frames, N', C]`` features.
+    ``max_clips`` counts videos. The summary holds frame counts and step timings, not the run's wall time.
     """
     engine = loaded.engine(config)
-    rows, preds, targets, logits, labels, pooled, tokens = [], [], [], [], [], [], []
-    start = time.perf_counter()
+    rows, preds, targets, logits, labels, pooled, tokens, videos = [], [], [], [], [], [], [], []
+    views = _views(dataset)
     for clip, steps in _stream(engine, dataset, loaded, sampling, max_clips, max_frames, progress):
+        videos.append(clip.video_id or clip.clip_id)  # per clip: the video it is a view of
         for i, rec, ms in steps:
             rows.append(_frame_row(clip.clip_id, i, rec, ms))
             if loaded.kind == "detect":
@@ -132,7 +166,9 @@ def run_model(
                 logits.append(loaded.model.temporal(torch.stack([rec.predictions for _, rec, _ in steps], dim=1)))
             if clip.label is not None:
                 labels.append(clip.label)
-    summary = _summary(rows, time.perf_counter() - start)
+    if any(len(set(videos[v : v + views])) > 1 for v in range(0, len(videos), views)):
+        raise DataError(f"the dataset's clips do not come in runs of {views} views of one video")
+    summary = _summary(rows) | {"clips_run": len(videos), "videos_run": len(videos) // views}
     if loaded.kind == "detect":
         outputs: Outputs = preds
         if targets:
@@ -146,6 +182,8 @@ def run_model(
             summary["cosine_tokens"] = cosine(outputs["tokens"], reference["tokens"])
     else:
         outputs = torch.cat(logits)
+        if loaded.kind == "action" and views > 1:
+            outputs, labels = per_video(outputs, views), labels[::views]
         if labels:
             summary["top1"] = top1(outputs, torch.tensor(labels))
         if reference is not None:

@@ -12,8 +12,13 @@ in listed order) or snippet lines ``<snippet>`` (every frame of the snippet); an
 ignored. Without a split list, every folder of JPEGs under ``Data/VID/<split>`` is a snippet.
 
 Each XML ``<object>`` has ``<name>`` (a WordNet id of ``VID_CLASSES``), ``<trackid>`` and ``<bndbox>`` with
-``xmin ymin xmax ymax`` in pixels of the frame; boxes are clipped to the frame and then scaled by the letterbox
-scale. JPEGs are read with Pillow (a dependency of torchvision and matplotlib).
+``xmin ymin xmax ymax`` in pixels of the frame; boxes are clipped to the frame and then scaled like the picture.
+JPEGs are read and resized with Pillow (a dependency of torchvision and matplotlib), as detectron2 does.
+
+Input rule (ViTDet's test protocol, method.md 9.1): each frame is resized (bilinear) so that its short edge is
+``640 * size / 1024`` px (420 at 672) with the long edge at most ``size``, placed at the top left of a
+``size x size`` canvas and zero-padded bottom/right *after* normalisation: clips carry the picture region
+``valid_hw`` and ``LoadedModel.steps`` zeroes the rest.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from tokbench.data.synthetic import Clip
-from tokbench.data.video import check_sampling, letterbox, to_float
+from tokbench.data.video import LazyFrames, check_sampling, fit_size, to_float
 from tokbench.errors import DataError
+
+SHORT_EDGE_PER_SIZE = 640 / 1024  # ViTDet on VID: short edge 640 px at input size 1024, 420 px at 672
 
 # The 30 VID classes in the devkit's order (map_vid.txt): (WordNet id, name); label = position in this tuple.
 VID_CLASSES = (
@@ -84,14 +91,38 @@ def parse_split_list(path: Path) -> list[tuple[str, list[int] | None]]:
     return list(snippets.items())
 
 
-def read_jpeg(path: Path) -> torch.Tensor:
-    """One frame, float32 ``[3, H, W]`` RGB in [0, 1]."""
+def read_jpeg(path: Path, size_hw: tuple[int, int] | None = None, *,
+              source_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """One frame, float32 ``[3, H, W]`` RGB in [0, 1]; with ``size_hw = (h, w)`` resized to it first (Pillow,
+    bilinear, on the 8-bit image, as detectron2's ``ResizeShortestEdge``). ``source_hw``: the ``(H, W)`` the file
+    must have (``DataError`` otherwise)."""
     try:
         with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))
+            if source_hw is not None and (image.height, image.width) != source_hw:
+                raise DataError(f"{path} is {image.width}x{image.height} px, expected {source_hw[1]}x{source_hw[0]} "
+                                "(the snippet's first frame)")
+            image = image.convert("RGB")
+            if size_hw is not None and (image.height, image.width) != size_hw:
+                image = image.resize(size_hw[::-1], Image.Resampling.BILINEAR)
+            rgb = np.array(image)
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
     return to_float(rgb)
+
+
+def jpeg_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image, from its header."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def input_geometry(height: int, width: int, size: int) -> tuple[int, int, float]:
+    """ViTDet's test resize of a ``height x width`` frame at input size ``size``: ``(h, w, scale)``, the picture
+    ``h x w`` px at the top left of ``size x size``; short edge ``640 * size / 1024``, long edge at most ``size``."""
+    return fit_size(height, width, size, short_side=SHORT_EDGE_PER_SIZE * size)
 
 
 def read_annotation(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,13 +147,15 @@ def read_annotation(path: Path, width: int, height: int) -> tuple[np.ndarray, np
 
 
 class ImageNetVID:
-    """ImageNet VID snippets as detection clips (layout in the module docstring); frames are read lazily.
+    """ImageNet VID snippets as detection clips (layout in the module docstring), one whole snippet per clip.
 
-    ``dataset[i]`` is a ``Clip`` of snippet ``i``: ``frames`` float32 ``[T, 3, size, size]`` in [0, 1], the
-    snippet's frames ``0, stride, 2 * stride, ...`` (at most ``num_frames``; ``None``: all), each letterboxed (longer
-    side to ``size``, zero pad bottom/right); ``targets`` per frame ``{"boxes": float32 [M, 4] xyxy px of the
-    letterboxed frame, "labels": int64 [M]}`` with labels indexing ``class_names``; ``track_ids`` per frame int64
-    ``[M]`` (the XML ``trackid``). ``clip_id`` is the snippet name.
+    ``dataset[i]`` is a ``Clip`` of snippet ``i``: ``frames`` float32 ``[T, 3, size, size]`` in [0, 1] (a
+    ``LazyFrames``: each JPEG is read when indexed, so a long snippet is never held in memory), the snippet's frames
+    ``0, stride, 2 * stride, ...`` (at most ``num_frames``; default ``None``: all of them), each resized by
+    ``input_geometry`` to the top-left ``valid_hw = (h, w)`` region, the rest 0 here and exactly 0 in the network
+    input; ``targets`` per frame ``{"boxes": float32 [M, 4] xyxy px of the network input, "labels": int64 [M]}``
+    with labels indexing ``class_names``; ``track_ids`` per frame int64 ``[M]`` (the XML ``trackid``). ``clip_id``
+    is the snippet name. Annotations are parsed when the clip is built.
     """
 
     class_names = tuple(name for _, name in VID_CLASSES)
@@ -166,18 +199,25 @@ class ImageNetVID:
         if not 0 <= index < len(self.snippets):
             raise IndexError(f"clip index {index} out of range for {len(self.snippets)} clips")
         snippet = self.snippets[index][0]
-        frames, targets, track_ids = [], [], []
-        for name in self.frame_names(index):
-            image = read_jpeg(self.frames_dir / snippet / f"{name}.JPEG")
-            frame, scale = letterbox(image[None], self.size)
-            boxes, labels, tracks = read_annotation(self.annotations_dir / snippet / f"{name}.xml",
-                                                    width=image.shape[2], height=image.shape[1])
-            frames.append(frame)
-            targets.append({"boxes": torch.from_numpy(boxes * np.float32(scale)), "labels": torch.from_numpy(labels)})
-            track_ids.append(torch.from_numpy(tracks))
-        if not frames:
+        paths = [self.frames_dir / snippet / f"{name}.JPEG" for name in self.frame_names(index)]
+        if not paths:
             raise DataError(f"no frames in snippet {snippet} ({self.frames_dir / snippet})")
-        return Clip(frames=torch.cat(frames), clip_id=snippet, targets=targets, track_ids=track_ids)
+        H, W = jpeg_size(paths[0])  # a snippet's frames share one size (checked as each one is read)
+        h, w, _ = input_geometry(H, W, self.size)
+        scale = np.array([w / W, h / H] * 2, dtype=np.float32)  # per axis, as the picture was rounded (detectron2)
+        targets, track_ids = [], []
+        for path in paths:
+            boxes, labels, tracks = read_annotation(self.annotations_dir / snippet / f"{path.stem}.xml", W, H)
+            targets.append({"boxes": torch.from_numpy(boxes * scale), "labels": torch.from_numpy(labels)})
+            track_ids.append(torch.from_numpy(tracks))
+
+        def frame(i: int) -> torch.Tensor:
+            out = torch.zeros(3, self.size, self.size)
+            out[:, :h, :w] = read_jpeg(paths[i], (h, w), source_hw=(H, W))
+            return out
+
+        frames = LazyFrames(len(paths), (3, self.size, self.size), frame)
+        return Clip(frames=frames, clip_id=snippet, targets=targets, track_ids=track_ids, valid_hw=(h, w))
 
     def spec(self) -> dict:
         """The data specification, for run provenance."""
@@ -193,6 +233,7 @@ class ImageNetVID:
             "size": self.size,
             "num_frames": self.num_frames,
             "frame_stride": self.stride,
-            "frame_rule": "the snippet's (listed) frames 0, stride, 2*stride, ..., at most num_frames",
-            "resize": "letterbox: longer side to size (bilinear, antialias), zero pad bottom/right; boxes * scale",
+            "frame_rule": "one clip per snippet: its (listed) frames 0, stride, 2*stride, ... (at most num_frames)",
+            "resize": "short edge to 640*size/1024, long edge <= size (Pillow bilinear); top left of size x size; "
+                      "zero pad bottom/right after normalisation; boxes * (w/W, h/H)",
         }

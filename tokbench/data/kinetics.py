@@ -16,6 +16,10 @@ Rows whose video is missing are skipped (logged, counted in ``spec()``). ``label
 class index); otherwise, when every label is an integer, label ``k`` is class ``k`` (names ``"0" .. "max"``);
 otherwise they are the sorted unique labels of every row of the CSV, so neither ``split``, ``max_clips`` nor missing
 videos change the mapping. Pass ``classes`` when train and val labels come from different CSVs.
+
+Views (method.md 9.2): ``views=1`` is one centred clip per video, centre-cropped; ``views=12`` is ViViT's
+multi-view test: 4 temporal windows evenly spaced over the segment x 3 spatial crops (start, centre, end of the
+longer side), each view its own clip; the prediction per video averages the logits of its 12 views.
 """
 
 from __future__ import annotations
@@ -26,17 +30,24 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from tokbench.data.synthetic import Clip
 from tokbench.data.video import (
     check_sampling,
     count_frames,
+    crop_offsets,
     list_videos,
     read_frames_at,
     resize_centre_crop,
+    resize_short_side,
 )
 from tokbench.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+VIEWS = (1, 12)  # views per video: one centred clip, or ViViT's multi-view test
+TEMPORAL_VIEWS, SPATIAL_VIEWS = 4, 3  # the 12 views: 4 temporal windows x 3 spatial crops
 
 
 def centred_indices(num_segment_frames: int, num_frames: int, stride: int) -> list[int]:
@@ -50,6 +61,19 @@ def centred_indices(num_segment_frames: int, num_frames: int, stride: int) -> li
     span = (num_frames - 1) * stride + 1
     first = max(0, (num_segment_frames - span) // 2)
     return [min(first + k * stride, num_segment_frames - 1) for k in range(num_frames)]
+
+
+def spread_indices(num_segment_frames: int, num_frames: int, stride: int, num_windows: int) -> list[list[int]]:
+    """``num_windows`` clips of ``num_frames`` frame indices ``stride`` apart, evenly spaced over a segment of
+    ``num_segment_frames`` frames: window ``k`` starts at ``k * (L - span) // (num_windows - 1)`` (the first at 0, the
+    last ending on the last frame; ``span = (num_frames - 1) * stride + 1``). A segment shorter than the span starts
+    every window at 0 and repeats its last frame, as ``centred_indices``."""
+    if num_segment_frames < 1 or num_frames < 1 or stride < 1 or num_windows < 1:
+        raise ConfigError(f"cannot sample {num_windows} x {num_frames} frames at stride {stride} "
+                          f"from {num_segment_frames} frames")
+    slack = max(0, num_segment_frames - (num_frames - 1) * stride - 1)
+    starts = [k * slack // max(1, num_windows - 1) for k in range(num_windows)]
+    return [[min(first + i * stride, num_segment_frames - 1) for i in range(num_frames)] for first in starts]
 
 
 @dataclass(frozen=True)
@@ -188,18 +212,29 @@ def read_segments(root: Path, csv_path: Path, *, label_column: str = "label", sp
 class LabelledVideos:
     """Labelled action clips from video files and a label CSV (layouts in the module docstring), decoded lazily.
 
-    ViViT's test sampling: ``dataset[i]`` is a ``Clip`` with ``frames`` float32 ``[num_frames, 3, size, size]`` in
-    [0, 1]: ``num_frames`` frames ``stride`` native frames apart, centred in the segment (``centred_indices``; a short
-    segment repeats its last frame), each resized so its shorter side is ``short_side`` (default ``size``; bilinear,
-    antialiased) and centre-cropped to ``size x size``. ``label`` indexes ``class_names``.
+    ViViT's test sampling, ``views`` clips per video (``len`` = videos x views; the views of video ``j`` are clips
+    ``j * views ... j * views + views - 1``, all with ``video_id`` = the video's clip id and its ``label``):
+
+    - ``views=1``: ``dataset[j]`` has ``frames`` float32 ``[num_frames, 3, size, size]`` in [0, 1]: ``num_frames``
+      frames ``stride`` native frames apart, centred in the segment (``centred_indices``; a short segment repeats
+      its last frame), each resized so its shorter side is ``short_side`` (default ``size``; bilinear, antialiased)
+      and centre-cropped to ``size x size``.
+    - ``views=12``: view ``v`` is temporal window ``v // 3`` of 4 evenly spaced ones (``spread_indices``) and
+      spatial crop ``v % 3`` (``crop_offsets``: start, centre, end of the longer side after the shorter side is
+      resized to ``short_side``). A video is decoded once for its 12 views, which share its frames in memory.
+
+    ``label`` indexes ``class_names``; ``max_clips`` counts videos.
     """
 
     def __init__(self, root: str | Path, labels_csv: str | Path, *, size: int = 224, num_frames: int = 32,
                  stride: int = 2, short_side: int | None = None, max_clips: int | None = None,
-                 label_column: str = "label", split: str | None = None, classes: str | Path | None = None) -> None:
+                 label_column: str = "label", split: str | None = None, classes: str | Path | None = None,
+                 views: int = 1) -> None:
         check_sampling(size=size, num_frames=num_frames, stride=stride, max_clips=max_clips)
         if short_side is not None and short_side < size:
             raise ConfigError(f"short side {short_side} px is smaller than the crop size {size} px")
+        if views not in VIEWS:
+            raise ConfigError(f"views must be 1 or 12 (3 spatial x 4 temporal), got {views}")
         self.root, self.labels_csv = Path(root), Path(labels_csv)
         if not self.root.is_dir():
             raise DataError(f"video folder {self.root} does not exist")
@@ -208,30 +243,54 @@ class LabelledVideos:
             self.root, self.labels_csv, label_column=label_column, split=split, classes=self.classes)
         self.segments = self.segments[:max_clips]
         self.size, self.num_frames, self.stride, self.short_side = size, num_frames, stride, short_side
-        self.label_column, self.split = label_column, split
+        self.label_column, self.split, self.views = label_column, split, views
+        self._decoded: tuple[int, torch.Tensor] | None = None  # (video, its 4 windows resized) shared by its views
 
     def __len__(self) -> int:
-        return len(self.segments)
+        return len(self.segments) * self.views
 
     def label(self, index: int) -> int:
         """The class index of clip ``index``, without decoding it."""
-        return self.segments[index].label
+        return self.segments[index // self.views].label
 
-    def frame_indices(self, index: int) -> list[int]:
-        """The decoded-frame indices (in the file) that clip ``index`` reads; counts the file's frames if needed."""
-        seg = self.segments[index]
+    def _segment_frames(self, video: int) -> tuple[Segment, int]:
+        seg = self.segments[video]
         stop = count_frames(seg.path) if seg.stop_frame is None else seg.stop_frame
         if stop <= seg.start_frame:
             raise DataError(f"video {seg.path} has {stop} frames, none from start_frame {seg.start_frame}")
-        return [seg.start_frame + k for k in centred_indices(stop - seg.start_frame, self.num_frames, self.stride)]
+        return seg, stop - seg.start_frame
+
+    def _windows(self, video: int) -> list[list[int]]:
+        """The decoded-frame indices (in the file) of each temporal window of ``video``."""
+        seg, length = self._segment_frames(video)
+        if self.views == 1:
+            windows = [centred_indices(length, self.num_frames, self.stride)]
+        else:
+            windows = spread_indices(length, self.num_frames, self.stride, TEMPORAL_VIEWS)
+        return [[seg.start_frame + k for k in window] for window in windows]
+
+    def frame_indices(self, index: int) -> list[int]:
+        """The decoded-frame indices (in the file) that clip ``index`` reads; counts the file's frames if needed."""
+        return self._windows(index // self.views)[index % self.views // SPATIAL_VIEWS]
 
     def __getitem__(self, index: int) -> Clip:
-        if not 0 <= index < len(self.segments):
-            raise IndexError(f"clip index {index} out of range for {len(self.segments)} clips")
-        seg = self.segments[index]
-        frames = read_frames_at(seg.path, self.frame_indices(index),
-                                transform=lambda frame: resize_centre_crop(frame, self.size, self.short_side))
-        return Clip(frames=frames, clip_id=seg.clip_id, label=seg.label)
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
+        video, view = divmod(index, self.views)
+        seg = self.segments[video]
+        if self.views == 1:
+            frames = read_frames_at(seg.path, self.frame_indices(index),
+                                    transform=lambda frame: resize_centre_crop(frame, self.size, self.short_side))
+            return Clip(frames=frames, clip_id=seg.clip_id, label=seg.label, video_id=seg.clip_id)
+        if self._decoded is None or self._decoded[0] != video:
+            windows = self._windows(video)
+            resized = read_frames_at(seg.path, [i for window in windows for i in window],
+                                     transform=lambda frame: resize_short_side(frame, self.short_side or self.size))
+            self._decoded = video, resized.unflatten(0, (TEMPORAL_VIEWS, self.num_frames))
+        window, crop = divmod(view, SPATIAL_VIEWS)
+        top, left = crop_offsets(*self._decoded[1].shape[-2:], self.size, SPATIAL_VIEWS)[crop]
+        frames = self._decoded[1][window, :, :, top : top + self.size, left : left + self.size]  # a view, no copy
+        return Clip(frames=frames, clip_id=f"{seg.clip_id}#t{window}s{crop}", label=seg.label, video_id=seg.clip_id)
 
     def spec(self) -> dict:
         """The data specification, for run provenance."""
@@ -250,6 +309,13 @@ class LabelledVideos:
             "size": self.size,
             "num_frames": self.num_frames,
             "frame_stride": self.stride,
-            "frame_rule": "num_frames frames stride apart centred in the segment, last frame repeated if short",
-            "resize": f"shorter side to {self.short_side or self.size} (bilinear, antialias), centre crop to size",
+            "views": self.views,
+            "frame_rule": ("num_frames frames stride apart centred in the segment, last frame repeated if short"
+                           if self.views == 1 else
+                           "4 windows of num_frames frames stride apart, evenly spaced from the segment's first to "
+                           "its last frame, last frame repeated if short"),
+            "resize": (f"shorter side to {self.short_side or self.size} (bilinear, antialias), "
+                       + ("centre crop to size" if self.views == 1 else
+                          "3 crops of size x size: start, centre and end of the longer side")),
+            "prediction": "per video: softmax of the mean logits over its views; top-1 per video",
         }

@@ -28,12 +28,18 @@ TEXTURES = ("radial", "checker", "stripes", "flat", "rings", "dots")
 
 @dataclass(frozen=True)
 class Clip:
-    """One generated clip.
+    """One clip: the frames processed with one state (generated here, or read by the real-video datasets).
 
-    ``frames`` is float32 ``[T, 3, H, W]`` in [0, 1] (RGB). Detection clips carry ``targets`` (length T, one
-    ``{"boxes": float32 [M, 4] xyxy pixels, "labels": int64 [M]}`` per frame, the per-image target format of
+    ``frames`` is float32 ``[T, 3, H, W]`` in [0, 1] (RGB): a tensor, or a ``LazyFrames`` that makes frames on
+    access (same ``frames[i]``, ``frames[a:b]`` and ``frames.shape``). Detection clips carry ``targets`` (length T,
+    one ``{"boxes": float32 [M, 4] xyxy pixels, "labels": int64 [M]}`` per frame, the per-image target format of
     torchmetrics' ``MeanAveragePrecision``) and ``track_ids`` (length T, int64 ``[M]``, the object instance of each
     box, stable over the clip). Action clips carry ``label``.
+
+    ``valid_hw = (h, w)``: only the top-left ``h x w`` of every frame is picture, the rest is padding that must be
+    exactly 0 in the network input (``LoadedModel.steps(frames, valid_hw)``); None: the whole frame is picture.
+    ``video_id``: the video this clip is one view of (multi-view testing); the views of a video are consecutive
+    clips and their logits are averaged into one prediction. None: the clip is a video of its own.
     """
 
     frames: torch.Tensor
@@ -41,6 +47,8 @@ class Clip:
     targets: list[dict[str, torch.Tensor]] | None = None
     track_ids: list[torch.Tensor] | None = None
     label: int | None = None
+    valid_hw: tuple[int, int] | None = None
+    video_id: str | None = None
 
 
 def split_id(split: str) -> int:

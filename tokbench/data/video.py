@@ -3,17 +3,21 @@
 Frames leave this module as float32 ``[T, 3, H, W]`` RGB in [0, 1]. Every PyAV failure becomes a one-line
 ``DataError`` that names the file. Frames are counted in decode order at the file's native rate, starting at 0.
 
-Two resize rules:
+Resize rules:
 
-- ``letterbox`` (ViTDet's test protocol): scale the longer side to ``size`` keeping the aspect ratio, then pad
-  bottom/right with zeros to ``size x size``; boxes map by one scale factor.
+- ``letterbox``: scale the longer side to ``size`` keeping the aspect ratio, then pad bottom/right with zeros to
+  ``size x size``; boxes map by one scale factor. ``fit_size`` gives the geometry, also of ViTDet's test resize
+  (shorter side to ``short_side`` unless the longer side would exceed ``size``; see ``imagenet_vid``).
 - ``resize_centre_crop`` (ViViT's test protocol): scale the shorter side to ``short_side``, then take the central
-  ``size x size`` crop.
+  ``size x size`` crop; ``resize_short_side`` + ``crop_offsets`` give the three crops of multi-view testing.
+
+``LazyFrames`` stands in for a ``[T, 3, H, W]`` tensor whose frames are made on access, for clips too long to hold.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +98,19 @@ def _resize(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def fit_size(height: int, width: int, size: int, short_side: float | None = None) -> tuple[int, int, float]:
+    """Where a ``height x width`` frame goes in a ``size x size`` letterbox: ``(h, w, scale)``.
+
+    ``scale = size / max(H, W)``, or with ``short_side`` ``min(short_side / min(H, W), size / max(H, W))``: the
+    shorter side becomes ``short_side`` unless the longer side would then exceed ``size``. The picture is
+    ``h, w = round(H * scale), round(W * scale)`` px (at most ``size``) at the top left.
+    """
+    scale = size / max(height, width)
+    if short_side is not None:
+        scale = min(scale, short_side / min(height, width))
+    return min(size, round(height * scale)), min(size, round(width * scale)), scale
+
+
 def letterbox(frames: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
     """Resize ``[T, 3, H, W]`` so the longer side is ``size``, zero-pad bottom/right: ``([T, 3, size, size], scale)``.
 
@@ -101,11 +118,33 @@ def letterbox(frames: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
     side becomes ``round(side * scale)`` px (bilinear, antialiased), so boxes along it are off by < 0.5 px at most.
     """
     T, _, H, W = frames.shape
-    scale = size / max(H, W)
-    h, w = min(size, round(H * scale)), min(size, round(W * scale))
+    h, w, scale = fit_size(H, W, size)
     out = frames.new_zeros(T, 3, size, size)
     out[:, :, :h, :w] = _resize(frames, h, w)
     return out, scale
+
+
+def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
+    """Resize ``[T, 3, H, W]`` so the shorter side is ``short_side`` px (the longer ``round(side * scale)``, at
+    least ``short_side``; bilinear, antialiased)."""
+    H, W = frames.shape[-2:]
+    scale = short_side / min(H, W)
+    return _resize(frames, max(short_side, round(H * scale)), max(short_side, round(W * scale)))
+
+
+def crop_offsets(height: int, width: int, size: int, num_crops: int = 1) -> list[tuple[int, int]]:
+    """``(top, left)`` of ``num_crops`` (1 or 3) ``size x size`` crops of a ``height x width`` frame: 1, the
+    centre; 3, the start, centre and end of the longer side (the width if square), centred on the shorter side."""
+    if num_crops not in (1, 3):
+        raise ConfigError(f"num_crops must be 1 or 3, got {num_crops}")
+    if min(height, width) < size:
+        raise ConfigError(f"a {height}x{width} frame is smaller than the crop size {size} px")
+    top, left = (height - size) // 2, (width - size) // 2
+    if num_crops == 1:
+        return [(top, left)]
+    if height > width:
+        return [(t, left) for t in (0, top, height - size)]
+    return [(top, x) for x in (0, left, width - size)]
 
 
 def resize_centre_crop(frames: torch.Tensor, size: int, short_side: int | None = None) -> torch.Tensor:
@@ -114,11 +153,42 @@ def resize_centre_crop(frames: torch.Tensor, size: int, short_side: int | None =
     short_side = size if short_side is None else short_side
     if short_side < size:
         raise ConfigError(f"short side {short_side} px is smaller than the crop size {size} px")
-    H, W = frames.shape[-2:]
-    scale = short_side / min(H, W)
-    h, w = max(short_side, round(H * scale)), max(short_side, round(W * scale))
-    top, left = (h - size) // 2, (w - size) // 2
-    return _resize(frames, h, w)[:, :, top : top + size, left : left + size]
+    resized = resize_short_side(frames, short_side)
+    [(top, left)] = crop_offsets(*resized.shape[-2:], size)
+    return resized[:, :, top : top + size, left : left + size]
+
+
+class LazyFrames:
+    """A clip's frames made on access: stands in for a float32 ``[T, 3, H, W]`` tensor in [0, 1] that would not
+    fit in memory (a 232-frame snippet at 672 px is 1.2 GB).
+
+    ``frames[i]`` is ``make(i)`` (``[3, H, W]``); a slice or a list of indices gives ``[n, 3, H, W]``; a tuple
+    indexes the frame axis with its first item and the result with the rest. ``shape`` and ``len`` need no frame.
+    """
+
+    dtype = torch.float32
+
+    def __init__(self, num_frames: int, frame_shape: tuple[int, int, int],
+                 make: Callable[[int], torch.Tensor]) -> None:
+        self.shape = torch.Size((num_frames, *frame_shape))
+        self._make = make
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        positions = range(self.shape[0])  # range indexing: negative indices, IndexError past the end
+        if isinstance(first, slice):
+            return self._stack(positions[first])[(slice(None), *rest)]
+        if isinstance(first, Sequence) or (isinstance(first, torch.Tensor) and first.ndim):
+            return self._stack([positions[i] for i in first])[(slice(None), *rest)]
+        return self._make(positions[operator.index(first)])[rest]
+
+    def _stack(self, indices: Sequence[int]) -> torch.Tensor:
+        if not indices:
+            return torch.zeros(0, *self.shape[1:])
+        return torch.stack([self._make(i) for i in indices])
 
 
 def check_sampling(*, size: int | None = None, num_frames: int | None = None, stride: int = 1,

@@ -1,7 +1,9 @@
 """ViTDet-B (the paper's detector backbone) as a timm ``VisionTransformerSAM``, and detectron2 checkpoint conversion.
 
 ViTDet-B: ViT-B/16, 14 x 14 windowed attention in blocks 0, 1, 3, 4, 6, 7, 9, 10, global attention in 2, 5, 8,
-11, decomposed relative positions, absolute position embedding, no class token, input padded to 672 or 1024.
+11, decomposed relative positions, absolute position embedding, no class token, input padded to 672 or 1024. The
+input is normalised with ImageNet mean / std on the 0-255 scale (``PIXEL_MEAN`` / ``PIXEL_STD``, RGB; the same
+rule on tokbench's [0, 1] frames is ``VITDET_MEAN`` / ``VITDET_STD``) and zero-padded after normalisation.
 The detection heads (simple feature pyramid, Cascade Mask R-CNN) are not part of tokbench: the backbone runs as a
 headless feature model, scored by fidelity of its dense output features.
 
@@ -39,6 +41,11 @@ from timm.layers import resample_abs_pos_embed_nhwc  # noqa: E402
 from timm.models.vision_transformer_sam import VisionTransformerSAM  # noqa: E402
 
 PAPER_BACKBONES = ("vitdet_b",)
+# detectron2's ViTDet input normalisation (cfg.model.pixel_mean / pixel_std, RGB, 0-255 scale) ...
+PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+# ... on tokbench's [0, 1] frames: (255 x - mean) / std == (x - mean / 255) / (std / 255).
+VITDET_MEAN = tuple(m / 255 for m in PIXEL_MEAN)
+VITDET_STD = tuple(s / 255 for s in PIXEL_STD)
 _D2_PREFIX = "backbone.net."
 
 
