@@ -52,18 +52,23 @@ def test_flops_json_rows_on_a_tiny_timm_vit(run_cli):
     assert [r["keep_tokens"] for r in rows] == [16, 4, 8]
     model = timm.create_model("vit_tiny_patch16_224", img_size=64)
     arch = ViTArch(depth=12, dim=192, heads=3, mlp_dim=768, grid=(4, 4), prefix=1)
-    assert rows[0]["gmacs"] == pytest.approx(vit_closed_form_gmacs(arch, num_classes=model.num_classes), rel=1e-4)
-    for row in rows[1:]:
-        assert row["gmacs_pruned"] < row["gmacs"] < row["gmacs_full"]
-        assert row["gmacs_full"] == pytest.approx(rows[0]["gmacs"] + row["overhead_gmacs_rollout_full"], abs=1e-5)
-        assert row["overhead_gmacs_tracking"] == pytest.approx(16 * 9 * 192 / 1e9)
+    assert rows[0]["gmacs_full"] == pytest.approx(vit_closed_form_gmacs(arch, num_classes=model.num_classes),
+                                                  rel=1e-4)
+    assert rows[0]["unit"] == "clip"
+    assert rows[0]["gmacs_per_clip"] == pytest.approx(32 * rows[0]["gmacs_full"], abs=1e-3)
+    for row in rows[1:]:  # a timm classifier: 32 steps per clip, t = 0 full, pattern resets at 8, 16, 24
+        assert max(row["gmacs_pruned"], row["gmacs_pattern"]) < row["gmacs_full"]
+        steps = row["gmacs_full"] + 3 * row["gmacs_pattern"] + 28 * row["gmacs_pruned"]
+        assert row["gmacs_per_clip"] == pytest.approx(steps, abs=1e-4)
+        assert row["overhead_gmacs_tracking"] == pytest.approx(28 * 16 * 9 * 192 / 1e9)
+        assert row["overhead_gmacs_rollout"] > 0 and row["overhead_gmacs_match"] > 0
 
 
 @pytest.mark.slow
 def test_flops_vit_base_dense_reads_17_58(run_cli):
     code, out, err = run_cli("flops", "--model", "vit_base_patch16_224", "--format", "json")
     assert code == 0, err
-    assert round(json.loads(out)[0]["gmacs"], 2) == 17.58
+    assert round(json.loads(out)[0]["gmacs_full"], 2) == 17.58
 
 
 def test_flops_paper_convention_reproduces_vitdet_b_672(run_cli):
@@ -72,18 +77,18 @@ def test_flops_paper_convention_reproduces_vitdet_b_672(run_cli):
     code, out, err = run_cli(*common, "--window", "1")
     assert code == 0, err
     dense, pruned = json.loads(out)
-    assert round(dense["gmacs"], 2) == 174.50
+    assert round(dense["gmacs_per_frame"], 2) == 174.50
     assert (round(pruned["gmacs_full"], 2), round(pruned["gmacs_pruned"], 2)) == (174.84, 28.23)
     table1 = []
     for r in range(4):
         _, out, _ = run_cli(*common, "--window", str(r), "--full-fraction", "0.12653")
-        table1.append(round(json.loads(out)[1]["gmacs"], 2))
+        table1.append(round(json.loads(out)[1]["gmacs_per_frame"], 2))
     assert table1 == [46.77, 46.78, 46.80, 46.82]
 
 
 def test_flops_csv_and_table_formats(run_cli):
     code, out, _ = run_cli("flops", *TINY, "--format", "csv")
-    assert code == 0 and out.splitlines()[0].startswith("policy,keep_ratio,keep_tokens,gmacs")
+    assert code == 0 and out.splitlines()[0].startswith("model,kind,convention,sdpa_flops,unit,policy,keep_ratio")
     code, out, _ = run_cli("flops", *TINY, "--by-operator")
     assert code == 0 and "not counted" in out and "linear" in out
 
@@ -164,7 +169,7 @@ def test_ablate_on_a_video_folder_scores_fidelity_and_resumes(checkpoint_head, v
     assert all(r["error"] == "" for r in rows)
     values = [float(r[metric]) for r in rows[1:]]
     assert all(0 <= v <= 100 for v in values) and metric in stdout
-    assert rows[1]["frames"] == "8" and rows[1]["keep_tokens"] == "4"
+    assert rows[1]["frames_run"] == "8" and rows[1]["keep_tokens"] == "4"
     assert (out / "ablation.png").stat().st_size > 0 and json.loads((out / "meta.json").read_text())["data"]
     meta = (out / "meta.json").read_text()
     code, _, err = run_cli(*args)  # everything is finished: nothing runs again
@@ -203,12 +208,23 @@ def test_ablate_on_a_kinetics_csv_scores_top1_with_vivit(tmp_path, run_cli):
     out = tmp_path / "out"
     code, stdout, err = run_cli("ablate", "--model", "vivit_b_k400", "--data", f"csv:{labels}", "--policy", "dense",
                                 "rgtp", "--window", "1", "--keep", "0.25", "--sampling", "1", "--frames", "2",
-                                "--out", str(out))
+                                "--views", "1", "--out", str(out))
     assert code == 0, err
     rows = _rows(out)
     assert [r["policy"] for r in rows] == ["dense", "rgtp"] and all(r["error"] == "" for r in rows)
-    assert {r["top1"] for r in rows} <= {"0.0", "100.0"} and rows[1]["frames"] == "2"  # 2 tubelet steps
+    assert {r["top1"] for r in rows} <= {"0.0", "100.0"} and rows[1]["frames_run"] == "2"  # 2 tubelet steps
     assert rows[1]["keep_tokens"] == "49"
+    from tokbench.ablate import AblationSpec, open_data
+    from tokbench.models.zoo import load_model
+
+    loaded = load_model("vivit_b_k400")
+    assert open_data(AblationSpec(data=f"csv:{labels}"), loaded).views == 12  # the protocol's default
+    assert len(open_data(AblationSpec(data=f"csv:{labels}", views=1), loaded)) == 1
+
+
+def test_views_apply_to_labelled_classification_only(tmp_path, run_cli):
+    code, _, err = run_cli("ablate", *TINY, "--data", "sample:carphone", "--views", "12", "--out", str(tmp_path / "o"))
+    assert code == 1 and "--views 12 applies to labelled video classification" in err
 
 
 def test_labelled_data_must_match_the_model_classes(tmp_path, run_cli):

@@ -14,13 +14,19 @@ import torch
 from tokbench.benchmark import run_model
 from tokbench.config import MethodConfig
 from tokbench.data import SyntheticAction, SyntheticDetection
-from tokbench.engine import FULL, PRUNED, RESET
-from tokbench.errors import ConfigError, DataError
-from tokbench.flop_table import keep_ratio
-from tokbench.frame_flops import frame_costs
+from tokbench.errors import ConfigError, DataError, TokbenchError
+from tokbench.flop_table import fvcore_kind_costs, fvcore_temporal_head_gmacs, keep_ratio, unit_columns, unit_of
 from tokbench.models.zoo import LoadedModel, load_model
 from tokbench.policies import BASELINES
-from tokbench.results import append_row, config_id, finished_ids, prepare_out_dir, provenance, write_meta
+from tokbench.results import (
+    append_row,
+    check_experiment,
+    config_id,
+    finished_ids,
+    prepare_out_dir,
+    provenance,
+    write_meta,
+)
 
 GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
 RGTP_ONLY_KNOBS = ("window", "head_fusion", "similarity")  # baselines neither track nor roll out
@@ -46,7 +52,9 @@ class AblationSpec:
     data: str | None = None  # None: the embedded benchmark; else sample:NAME, a video folder or file
     clips: int = 32
     frames: int | None = None
-    seed: int = 0
+    seed: int = 0  # data, method (random policy) and random-init weights
+    overrides: dict[str, object] = field(default_factory=dict)  # --set KEY=VALUE, applied to every configuration
+    views: int | None = None  # video classification views per video (1 or 12); None: 12 for csv: data, else 1
 
 
 def expand(spec: AblationSpec, kind: str | None = None) -> list[MethodConfig]:
@@ -59,13 +67,15 @@ def expand(spec: AblationSpec, kind: str | None = None) -> list[MethodConfig]:
     kind = kind or spec.task
     defaults = DEFAULT_POLICIES["detect" if kind == "detect" else "action"]
     policies = list(dict.fromkeys(lists.pop("policy", None) or defaults))
-    configs = [MethodConfig.from_preset(spec.preset, policy="dense", seed=spec.seed)]
+    base = {**spec.overrides, "seed": spec.seed}
+    configs = [MethodConfig.from_preset(spec.preset, **(base | {"policy": "dense"}))]
     for policy in [p for p in policies if p != "dense"]:
         names = [n for n in lists if policy == "rgtp" or n not in RGTP_ONLY_KNOBS]
         seeds = range(spec.seed, spec.seed + (RANDOM_SEEDS if policy == "random" else 1))
         for values in itertools.product(*(lists[n] for n in names)):
             knobs = dict(zip(names, values, strict=True))
-            configs += [MethodConfig.from_preset(spec.preset, policy=policy, seed=s, **knobs) for s in seeds]
+            configs += [MethodConfig.from_preset(spec.preset, **(base | knobs | {"policy": policy, "seed": s}))
+                        for s in seeds]
     return configs
 
 
@@ -92,11 +102,15 @@ class MemoisedClips:
 def open_data(spec: AblationSpec, loaded: LoadedModel):
     """The embedded benchmark for the model's task (at its input size), or the user's data (``spec.data``).
 
-    ``vid:ROOT`` is ImageNet VID's val split (letterboxed, 32 frames per snippet), ``csv:LABELS.csv`` a Kinetics /
-    EPIC label CSV over the videos in its folder (ViViT sampling: the model's frame count, 2 frames apart,
-    centred); anything else is unlabelled video (``sample:NAME``, a folder or one file).
+    ``vid:ROOT`` is ImageNet VID's val split (each snippet one whole clip, method.md 9.1 input rule),
+    ``csv:LABELS.csv`` a Kinetics / EPIC label CSV over the videos in its folder (ViViT sampling: the model's frame
+    count, 2 frames apart; ``views`` 12 = 3 spatial x 4 temporal views by default, or 1 centred view); anything else
+    is unlabelled video (``sample:NAME``, a folder or one file).
     """
     size = loaded.img_size[0]
+    csv_data = spec.data is not None and spec.data.startswith("csv:")
+    if spec.views not in (None, 1) and not csv_data:
+        raise ConfigError(f"--views {spec.views} applies to labelled video classification (csv: data) only")
     if spec.data in (None, "synthetic"):
         if loaded.kind == "action":
             return SyntheticAction("val", num_clips=spec.clips, seed=spec.seed)
@@ -105,14 +119,14 @@ def open_data(spec: AblationSpec, loaded: LoadedModel):
     if spec.data.startswith("vid:"):
         from tokbench.data.imagenet_vid import ImageNetVID
 
-        return _check_classes(ImageNetVID(Path(spec.data[4:]).expanduser(), "val", size=size, num_frames=frames,
-                                          max_clips=spec.clips), loaded)
-    if spec.data.startswith("csv:"):
+        return _check_classes(ImageNetVID(Path(spec.data[4:]).expanduser(), "val", size=size, max_clips=spec.clips),
+                              loaded)
+    if csv_data:
         from tokbench.data.kinetics import LabelledVideos
 
         labels = Path(spec.data[4:]).expanduser()
         return _check_classes(LabelledVideos(labels.parent, labels, size=size, num_frames=frames, stride=2,
-                                             max_clips=spec.clips), loaded)
+                                             max_clips=spec.clips, views=spec.views or 12), loaded)
     from tokbench.data.video import open_video_data
 
     return open_video_data(spec.data, size=size, num_frames=frames, max_clips=spec.clips)
@@ -147,13 +161,14 @@ def run_ablation(
     """Run every configuration not yet in ``out/rows.csv``; returns the rows written in this call.
 
     The dense configuration runs first; its outputs (kept in ``out/dense_outputs_1in<s>.pt``) score every
-    pruned row's fidelity to dense, next to the labelled metric where the data has labels.
+    pruned row's fidelity to dense, next to the labelled metric where the data has labels. ``out`` holds one
+    experiment: rows of another model, weights, data or input size are refused (``check_experiment``).
     """
     if spec.task not in DEFAULT_MODEL:
         raise ConfigError(f"task must be 'detect' or 'action', got {spec.task!r}")
     if any(s < 1 for s in spec.sampling):
         raise ConfigError(f"frame strides must be >= 1, got {spec.sampling}")
-    loaded = load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size)
+    loaded = load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size, seed=spec.seed)
     num_patches = loaded.backbone.patch_embed.num_patches
     keeps = spec.knobs.get("keep_ratio") or []
     spec = replace(spec, knobs=spec.knobs | {"keep_ratio": [keep_ratio(k, num_patches) for k in keeps] or None})
@@ -162,6 +177,8 @@ def run_ablation(
     if len(dataset) == 0:
         raise DataError("the data holds no clips")
     prepare_out_dir(out)
+    experiment = experiment_of(spec, loaded, dataset)
+    check_experiment(out, experiment)
     rows_csv = out / "rows.csv"
     done = finished_ids(rows_csv)
     sample = loaded.steps(dataset[0].frames[: loaded.tubelet])
@@ -177,22 +194,23 @@ def run_ablation(
     todo = []
     for config in configs:
         for sampling in spec.sampling:
-            resolved = config.as_dict() | {"sampling": sampling, "task": loaded.kind, "model": loaded.name,
-                                           "checkpoint": loaded.checkpoint, "data": spec.data or "synthetic",
-                                           "clips": spec.clips, "frames": spec.frames}
-            todo.append((config, sampling, resolved, config_id(resolved)))
+            identity = row_identity(config, loaded, spec, sampling)
+            todo.append((config, sampling, identity, config_id(identity)))
     pending = {s for c, s, _, cid in todo if c.policy != "dense" and cid not in done}
     # a rerun with nothing left to do keeps the provenance of the run that produced the rows
     if not (out / "meta.json").exists() or any(cid not in done for *_, cid in todo):
-        data = dataset.spec() | {"clips_used": min(spec.clips, len(dataset)), "frames_per_clip_limit": spec.frames}
+        videos = len(dataset) // getattr(dataset, "views", 1)
+        data = dataset.spec() | {"clips_used": min(spec.clips, videos), "frames_per_clip_limit": spec.frames,
+                                 "views": getattr(dataset, "views", 1)}
         write_meta(out, provenance(
-            command="ablate", task=loaded.kind, model=loaded.name, model_info=loaded.describe(),
-            model_card=loaded.card, data=data, sampling=spec.sampling,
-            seeds={"data": spec.seed, "method": sorted({c.seed for c in configs})},
+            command="ablate", experiment=experiment, task=loaded.kind, model=loaded.name,
+            model_info=loaded.describe(), model_card=loaded.card, training=training_note(loaded), data=data,
+            sampling=spec.sampling, seeds={"data": spec.seed, "weights": spec.seed,
+                                           "method": sorted({c.seed for c in configs})},
             configurations=[c.as_dict() for c in configs],
             convention="fvcore (1 multiply-add = 1 MAC; attention counted)",
         ))
-    for config, sampling, resolved, cid in todo:
+    for config, sampling, identity, cid in todo:
         dense = config.policy == "dense"
         if cid in done:
             if dense and sampling in pending:  # the pruned rows still to run need the dense outputs
@@ -204,13 +222,13 @@ def run_ablation(
         if on_config:
             on_config(f"{label(config)} 1/{sampling}", spec.clips)
         key = config.replace(seed=0)
-        row = {"config_id": cid, **resolved, "convention": "fvcore"}
+        row = {"config_id": cid, **identity, "convention": "fvcore", "error": ""}
         start = time.perf_counter()
         try:
             if key not in costs_by_config:
-                costs_by_config[key] = frame_costs(loaded.engine(config), sample)
+                costs_by_config[key] = fvcore_kind_costs(loaded, loaded.engine(config).resolved, sample)[0]
             result = run(config, sampling, None if dense else references.get(sampling))
-            row |= _cost_columns(costs_by_config[key], result.summary) | result.summary | {"error": ""}
+            row |= result.summary | _cost_columns(loaded, config, costs_by_config[key], result.summary)
             if dense:
                 references[sampling] = result.outputs
                 torch.save(result.outputs, _dense_reference(out, sampling))
@@ -224,6 +242,42 @@ def run_ablation(
         if on_row:
             on_row(row)
     return written
+
+
+def experiment_of(spec: AblationSpec, loaded: LoadedModel, dataset) -> dict:
+    """What makes rows comparable in one table: model, weights, input size, data and its generator version."""
+    data = dataset.spec()
+    return {"command": "ablate", "model": loaded.name, "weights": loaded.weights, "img_size": list(loaded.img_size),
+            "task": loaded.kind,
+            "data": spec.data or "synthetic", "data_name": data.get("name"),
+            "data_version": data.get("spec_version"), "data_seed": spec.seed, "clips": spec.clips,
+            "views": getattr(dataset, "views", 1),
+            "frames_per_clip_limit": spec.frames}
+
+
+def row_identity(config: MethodConfig, loaded: LoadedModel, spec: AblationSpec, sampling: int) -> dict:
+    """The columns that name a row: the resolved method options (never ``auto``), sampling and the experiment.
+
+    A configuration the engine refuses keeps its options as given (its row carries the error).
+    """
+    try:
+        options = loaded.engine(config).resolved.as_dict()
+    except TokbenchError:
+        options = config.as_dict()
+    return options | {"sampling": sampling, "task": loaded.kind, "model": loaded.name, "weights": loaded.weights,
+                      "checkpoint": loaded.checkpoint, "data": spec.data or "synthetic", "clips": spec.clips,
+                      "frames_per_clip_limit": spec.frames}
+
+
+def training_note(loaded: LoadedModel) -> str:
+    """Whether the pruned results are training-free (method.md 12.20): the paper's classification numbers use a
+    temporal encoder and classifier fine-tuned on pruned outputs; tokbench's own runs use none."""
+    if loaded.checkpoint:
+        return ("user-supplied weights: pruning itself is training-free, but these weights may include a temporal "
+                "encoder / classifier fine-tuned on pruned outputs (as the paper's classification numbers do)")
+    if loaded.card:
+        return "training-free: tokbench's shipped weights, trained on full frames only"
+    return "training-free: randomly initialised weights (fidelity to dense only)"
 
 
 def _load_reference(out: Path, sampling: int):
@@ -241,17 +295,31 @@ def label(config: MethodConfig) -> str:
     return f"{config.policy} seed={config.seed}" if config.policy == "random" else config.policy
 
 
-def _cost_columns(costs: dict, summary: dict) -> dict:
-    """Per-kind GMACs and the schedule average over all frames (first and reset frames included)."""
-    full = costs[FULL].gmacs
-    per_kind = {FULL: full, RESET: costs.get(RESET, costs[FULL]).gmacs, PRUNED: costs.get(PRUNED, costs[FULL]).gmacs}
-    counts = {FULL: summary["frames_full"], RESET: summary["frames_reset"], PRUNED: summary["frames_pruned"]}
-    total = sum(per_kind[k] * counts[k] for k in per_kind)
-    return {
-        "gmacs_per_frame": round(total / max(1, summary["frames"]), 5),
-        "gmacs_full": round(full, 5),
-        "gmacs_pruned": round(per_kind[PRUNED], 5) if PRUNED in costs else None,
-        "gmacs_reset": round(per_kind[RESET], 5) if RESET in costs else None,
-        "overhead_gmacs_tracking": round(costs[PRUNED].overhead_gmacs_tracking, 6) if PRUNED in costs else 0.0,
-        "keep_tokens": costs[PRUNED].kept_tokens if PRUNED in costs else costs[FULL].kept_tokens,
-    }
+def _cost_columns(loaded: LoadedModel, config: MethodConfig, per_kind: dict, summary: dict) -> dict:
+    """GMACs of the frames that ran (fvcore): per frame for detection (all frames, first and reset frames
+    included), per clip for classification (method.md 8.1: views x (spatial steps + temporal encoder +
+    classifier), averaged over the videos run); per-kind costs and the overhead split in the same unit."""
+    counts = {"full": summary["frames_full"], "reset": summary["frames_reset"], "pattern": summary["frames_pattern"],
+              "pruned": summary["frames_pruned"]}
+    unit = unit_of(loaded)
+    if unit == "clip":
+        clips = max(1, summary.get("clips_run", 1))
+        views = clips / max(1, summary.get("videos_run", clips))
+        counts = {k: c / clips for k, c in counts.items()}
+        head = _head_gmacs(loaded, config.sdpa_flops)
+        columns = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=head)
+    else:
+        columns = unit_columns(per_kind, counts, unit=unit)
+    kept = per_kind["pruned"] if "pruned" in per_kind else per_kind["full"]
+    return {"unit": unit, **columns, "keep_tokens": kept.kept_tokens}
+
+
+_HEADS: dict[tuple[int, str], float] = {}
+
+
+def _head_gmacs(loaded: LoadedModel, sdpa: str) -> float:
+    """fvcore GMACs of one view's temporal encoder + classifier (0 where each step carries its own head)."""
+    key = (id(loaded.model), sdpa)
+    if key not in _HEADS:
+        _HEADS[key] = fvcore_temporal_head_gmacs(loaded, sdpa)
+    return _HEADS[key]

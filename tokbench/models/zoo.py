@@ -7,7 +7,9 @@ timm models are created with ``pretrained=False``: nothing is downloaded; weight
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -17,11 +19,11 @@ from tokbench import compat
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, unknown_name
-from tokbench.models import SHIPPED, load_shipped, model_card
+from tokbench.models import SHIPPED, WEIGHTS_DIR, load_shipped, model_card
 from tokbench.models.action import VIVIT_B, to_steps
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
-from tokbench.models.preprocess import MEAN, STD, normalize
-from tokbench.models.vitdet import PAPER_BACKBONES, convert_detectron2, vitdet_b
+from tokbench.models.preprocess import MEAN, STD, normalize, zero_padding
+from tokbench.models.vitdet import PAPER_BACKBONES, VITDET_MEAN, VITDET_STD, convert_detectron2, vitdet_b
 from tokbench.vit import adapter_for
 
 KINDS = ("detect", "action", "classify", "features")
@@ -41,14 +43,17 @@ class LoadedModel:
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
     tubelet: int = 1  # video frames per engine step (ViViT tubelets)
+    weights: str = ""  # identity of the weights: checkpoint:<sha256>, shipped:<name>@<sha256>, random-init:seed=<s>
 
-    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[..., 3, H, W]`` in [0, 1] -> the model's input normalisation."""
-        return normalize(frames, self.mean, self.std)
+    def normalize(self, frames: torch.Tensor, valid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """``[..., 3, H, W]`` in [0, 1] -> the model's input normalisation. With ``valid_hw = (h, w)`` only the
+        top-left ``h x w`` is picture: the padding around it is exactly 0 in the output (ViTDet's input rule)."""
+        return zero_padding(normalize(frames, self.mean, self.std), valid_hw)
 
-    def steps(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``[T, ..., 3, H, W]`` in [0, 1] -> normalised engine steps ``[T // t, ..., 3 t, H, W]``."""
-        return to_steps(self.normalize(frames), self.tubelet)
+    def steps(self, frames: torch.Tensor, valid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Frames ``[T, ..., 3, H, W]`` in [0, 1] -> normalised engine steps ``[T // t, ..., 3 t, H, W]``
+        (``valid_hw`` as in ``normalize``; a clip's ``Clip.valid_hw``)."""
+        return to_steps(self.normalize(frames, valid_hw), self.tubelet)
 
     def task(self, config: MethodConfig):
         """The engine task for this model's output."""
@@ -69,9 +74,41 @@ class LoadedModel:
         return StreamingEngine(self.backbone, config, self.task(config))
 
     def describe(self) -> dict:
-        """Provenance: name, kind, input size, where the weights came from."""
-        weights = self.checkpoint or ("shipped" if self.card else "random init (timm, pretrained=False)")
-        return {"model": self.name, "kind": self.kind, "img_size": list(self.img_size), "weights": weights}
+        """Provenance: name, kind, input size, where the weights came from and their identity."""
+        return {"model": self.name, "kind": self.kind, "img_size": list(self.img_size), "weights": self.weights,
+                "checkpoint": self.checkpoint}
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (memoised per path, modification time and size)."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def weights_identity(name: str, checkpoint: Path | None, seed: int) -> str:
+    """What the weights are: ``checkpoint:<sha256>`` (a user file, over any shipped or random weights),
+    ``shipped:<name>@<sha256>`` or ``random-init:seed=<s>``."""
+    if checkpoint is not None:
+        return f"checkpoint:{file_sha256(checkpoint)}"
+    if name in SHIPPED:
+        return f"shipped:{name}@{file_sha256(WEIGHTS_DIR / f'{name}.safetensors')}"
+    return f"random-init:seed={seed}"
+
+
+def _seeded(seed: int, build):
+    """``build()`` with torch's global generator seeded by ``seed``, leaving the caller's generator untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def _timm_names() -> list[str]:
@@ -88,8 +125,18 @@ def wrap_model(name: str, model: nn.Module) -> LoadedModel:
     return LoadedModel(name, kind, model.eval(), backbone, tuple(backbone.patch_embed.img_size), tubelet=tubelet)
 
 
-def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None) -> LoadedModel:
-    """Resolve ``name``: a shipped model (``tokbench models``) or any timm ViT name."""
+def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None, seed: int = 0) -> LoadedModel:
+    """Resolve ``name``: a shipped model (``tokbench models``) or any timm ViT name.
+
+    Randomly initialised weights (a timm name or paper model without ``checkpoint``) are drawn from ``seed``, so the
+    same command builds the same model; ``LoadedModel.weights`` names them.
+    """
+    loaded = _load_model(name, checkpoint, img_size, seed)
+    loaded.weights = weights_identity(name, checkpoint, seed)
+    return loaded
+
+
+def _load_model(name: str, checkpoint: Path | None, img_size: int | None, seed: int) -> LoadedModel:
     compat.ensure_torchvision()
     if name in SHIPPED:
         if img_size is not None:
@@ -105,18 +152,18 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
 
         if img_size is not None:
             raise ConfigError(f"{name} has a fixed input size; --img-size applies to timm models only")
-        model = ViViTFactorised(VIVIT_B[name]).eval()
+        model = _seeded(seed, lambda: ViViTFactorised(VIVIT_B[name])).eval()
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
         loaded = wrap_model(name, model)
         loaded.checkpoint = str(checkpoint) if checkpoint else None
         return loaded
     if name in PAPER_BACKBONES:
-        model = vitdet_b(img_size or 672)
+        model = _seeded(seed, lambda: vitdet_b(img_size or 672))
         if checkpoint is not None:
             load_state(model, convert_detectron2(read_state_dict(checkpoint), model), str(checkpoint))
         return LoadedModel(name, "features", model, model, tuple(model.patch_embed.img_size), None,
-                           str(checkpoint) if checkpoint else None)
+                           str(checkpoint) if checkpoint else None, VITDET_MEAN, VITDET_STD)
     import timm
 
     if not timm.is_model(name):
@@ -126,7 +173,7 @@ def load_model(name: str, checkpoint: Path | None = None, img_size: int | None =
     if state is not None:
         kwargs["num_classes"] = head_classes(state)
     try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _seeded(seed, lambda: timm.create_model(name, pretrained=False, **kwargs))
     except (TypeError, ValueError, AssertionError) as err:
         raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from None
     if state is not None:
