@@ -91,13 +91,15 @@ def naive_pooled_heatmaps(records, log, grid, pool, prefix):
     return heatmaps
 
 
+@pytest.mark.parametrize("reset", [0, 2], ids=["pruned", "reset"])
 @pytest.mark.parametrize("variant", [{}, {"reg_tokens": 4}])
 @pytest.mark.parametrize("task", [FeatureTask(dense=True), ClassificationTask()])
-def test_pooled_rollout_matches_a_naive_per_query_reference(variant, task):
+def test_pooled_rollout_matches_a_naive_per_query_reference(variant, task, reset):
     model = tiny_vit(**variant)
-    config = MethodConfig(keep_ratio=0.25, reset_every=0, rollout_pool=2, kv_reuse="on")
+    config = MethodConfig(keep_ratio=0.25, reset_every=reset, rollout_pool=2, kv_reuse="on")
     records, log = run_logged(StreamingEngine(model, config, task), frames(3))
-    assert [r.kind for r in records] == ["full", "pruned", "pruned"]
+    assert [r.kind for r in records] == ["full", "pruned", "reset" if reset else "pruned"]
+    assert records[2].pattern == (bool(reset) and not task.dense)  # classification resets with a fixed pattern
     prefix = model.num_prefix_tokens
     assert log[1][0].shape[2] == prefix + 16 and log[1][1].shape[2] == prefix + 4  # block 0 saw every query
     expected = naive_pooled_heatmaps(records, log, (4, 4), 2, prefix)
@@ -279,6 +281,31 @@ def test_previous_fill_overwrites_the_pruned_positions_of_a_computed_heatmap(tas
     expected = computed[0].heatmap.clone().scatter_(1, kept, computed[1].heatmap.gather(1, kept))
     assert torch.allclose(previous[1].heatmap, expected, atol=1e-7)
     assert not torch.allclose(previous[1].heatmap, computed[1].heatmap, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "task,options",
+    [(FeatureTask(dense=True), {}), (ClassificationTask(), {"block0_columns": "keep"})],
+)
+def test_explicit_nearest_kept_fill_replaces_computed_scores_of_pruned_positions(task, options):
+    from tokbench.engine import nearest_kept_fill
+
+    model, clip = tiny_vit(), frames(2)
+    base = dict(keep_ratio=0.25, reset_every=0, rollout_norm="none", **options)
+    computed = StreamingEngine(model, MethodConfig(**base), task).run_clip(clip)
+    engine = StreamingEngine(model, MethodConfig(pruned_score_fill="nearest_kept", **base), task)
+    assert engine.resolved.pruned_score_fill == "nearest_kept"
+    state = engine.new_state()
+    engine.step(clip[0], state)
+    keys = []  # the cut block's keys of frame 1, as the engine matches them
+    original = engine.vit.block0_keys
+    engine.vit.block0_keys = lambda k: keys.append(original(k)) or keys[-1]
+    matched = engine.step(clip[1], state)
+    kept = computed[1].kept
+    assert torch.equal(matched.kept, kept)
+    expected = nearest_kept_fill(computed[1].heatmap.gather(1, kept), kept, keys[-1])
+    assert torch.allclose(matched.heatmap, expected, atol=1e-7)
+    assert not torch.allclose(matched.heatmap, computed[1].heatmap, atol=1e-4)
 
 
 def test_computed_fill_is_refused_where_pruned_positions_get_no_computed_score():

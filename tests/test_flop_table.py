@@ -103,7 +103,7 @@ def test_shipped_action_model_is_counted_as_classification(run_cli):
                                "--format", "json"))
     assert row["unit"] == "clip" and row["kind"] == "action" and "gmacs_per_frame" not in row
     assert (row["kv_reuse"], row["reset_mode"], row["pruned_score_fill"]) == ("off", "pattern", "nearest_kept")
-    assert row["frames"] == 16 and row["views"] == 1
+    assert row["frames_per_clip"] == 16 and row["views"] == 1
     assert row["frac_full_frames"] == 1 / 16 and row["frac_pattern_frames"] == 1 / 16
     assert row["overhead_gmacs_match"] > 0 and row["gmacs_temporal_head"] > 0
     assert row["gmacs_reset"] is None and row["gmacs_pattern"] < row["gmacs_full"]
@@ -165,7 +165,7 @@ def test_vivit_b_views(run_cli):
     one = _json(run_cli(*common, "--views", "1"))
     assert twelve[1]["views"] == 12 and one[1]["views"] == 1
     assert twelve[1]["gmacs_per_clip"] == pytest.approx(12 * one[1]["gmacs_per_clip"], rel=1e-5)
-    assert twelve[1]["frames"] == 16 and twelve[1]["reset_mode"] == "pattern"
+    assert twelve[1]["frames_per_clip"] == 16 and twelve[1]["reset_mode"] == "pattern"
 
 
 # -------------------------------------------------------------------------------------- lists, --set, schema

@@ -231,8 +231,10 @@ def test_window_padding_and_window_queries():
     assert arch.num_windows == 25  # 64 -> padded to 70 = 5·14
     all_q = ref_frame_gmacs(arch, "pruned", keep_tokens=196, rollout_pool=2)
     kept_q = ref_frame_gmacs(arch, "pruned", keep_tokens=196, rollout_pool=2, window_queries="kept")
-    saved = 7 * (25 - 1) * 2 * 12 * 196**2 * 64  # windowed blocks 1, 3, 4, 6, 7, 9, 10; block 0 is never cut
-    assert (all_q["gmacs"] - kept_q["gmacs"]) * 1e9 == saved
+    # windowed blocks 1, 3, 4, 6, 7, 9, 10 (block 0 is never cut): 24 windows' worth of queries fewer, in the
+    # attention (2 H ws^2 ws^2 C_h) and the rel-pos terms (H ws^2 (ws + ws) C_h + 2 H ws^2 ws^2)
+    saved = 7 * (25 - 1) * (2 * 12 * 196**2 * 64 + 12 * 196 * 28 * 64 + 2 * 12 * 196**2)
+    assert round((all_q["gmacs"] - kept_q["gmacs"]) * 1e9) == saved
     full = ref_frame_gmacs(arch, "full", rollout_pool=2)
     assert full["overhead_gmacs_rollout"] * 1e9 == 4 * 1024**3
 
@@ -301,7 +303,20 @@ def test_temporal_head_and_classifier():
         ("pruned", False, "keep", "computed", False),  # exact columns through block 0
         ("pruned", True, "cut", "computed", False),  # K/V reuse: buffered rows give every position a score
         ("full", False, "cut", "nearest_kept", False),
+        ("pruned", True, "cut", "nearest_kept", True),  # asked for explicitly over computed scores
+        ("pruned", False, "keep", "nearest_kept", True),
     ],
 )
 def test_which_frames_pay_for_nearest_kept_matching(kind, kv_reuse, columns, fill, expected):
     assert fills_nearest_kept(kind, kv_reuse=kv_reuse, block0_columns=columns, score_fill=fill) is expected
+
+
+def test_kept_window_queries_count_rel_pos_for_the_kept_queries_only():
+    from tokbench.flops_ref import ViTArch, mixing_macs, rel_pos_query_macs
+
+    arch = ViTArch(depth=2, dim=2, heads=1, mlp_dim=4, grid=(4, 4), window_size=2, global_blocks=(1,), rel_pos=True)
+    # one query over a 2x2 window: q.k and attn.v 2*1*1*4*2 = 16; rel-pos (2+2)*2 = 8 MACs + 2*4 = 8 adds
+    assert rel_pos_query_macs(arch, 1, 2, 2) == 16
+    assert mixing_macs(arch, 0, 3, 16, "kept") == 3 * 16 + 3 * 16
+    # all: 4 windows of 4 queries: 4 * (2*4*4*2) attention + 4 * (4*4*2 + 2*16) rel-pos
+    assert mixing_macs(arch, 0, 3, 16, "all") == 4 * 64 + 4 * 64

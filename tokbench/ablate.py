@@ -102,7 +102,7 @@ class MemoisedClips:
 def open_data(spec: AblationSpec, loaded: LoadedModel):
     """The embedded benchmark for the model's task (at its input size), or the user's data (``spec.data``).
 
-    ``vid:ROOT`` is ImageNet VID's val split (each snippet one whole clip, method.md 9.1 input rule),
+    ``vid:ROOT`` is ImageNet VID's val split (each snippet one whole clip, docs/method.md 9.1 input rule),
     ``csv:LABELS.csv`` a Kinetics / EPIC label CSV over the videos in its folder (ViViT sampling: the model's frame
     count, 2 frames apart; ``views`` 12 = 3 spatial x 4 temporal views by default, or 1 centred view); anything else
     is unlabelled video (``sample:NAME``, a folder or one file).
@@ -258,19 +258,19 @@ def experiment_of(spec: AblationSpec, loaded: LoadedModel, dataset) -> dict:
 def row_identity(config: MethodConfig, loaded: LoadedModel, spec: AblationSpec, sampling: int) -> dict:
     """The columns that name a row: the resolved method options (never ``auto``), sampling and the experiment.
 
-    A configuration the engine refuses keeps its options as given (its row carries the error).
+    A configuration the engine refuses is resolved as far as it goes (its row carries the error).
     """
     try:
         options = loaded.engine(config).resolved.as_dict()
     except TokbenchError:
-        options = config.as_dict()
+        options = config.resolve(loaded.task(config).dense, strict=False).as_dict()
     return options | {"sampling": sampling, "task": loaded.kind, "model": loaded.name, "weights": loaded.weights,
                       "checkpoint": loaded.checkpoint, "data": spec.data or "synthetic", "clips": spec.clips,
                       "frames_per_clip_limit": spec.frames}
 
 
 def training_note(loaded: LoadedModel) -> str:
-    """Whether the pruned results are training-free (method.md 12.20): the paper's classification numbers use a
+    """Whether the pruned results are training-free (docs/method.md 11): the paper's classification numbers use a
     temporal encoder and classifier fine-tuned on pruned outputs; tokbench's own runs use none."""
     if loaded.checkpoint:
         return ("user-supplied weights: pruning itself is training-free, but these weights may include a temporal "
@@ -297,7 +297,7 @@ def label(config: MethodConfig) -> str:
 
 def _cost_columns(loaded: LoadedModel, config: MethodConfig, per_kind: dict, summary: dict) -> dict:
     """GMACs of the frames that ran (fvcore): per frame for detection (all frames, first and reset frames
-    included), per clip for classification (method.md 8.1: views x (spatial steps + temporal encoder +
+    included), per clip for classification (docs/method.md 8: views x (spatial steps + temporal encoder +
     classifier), averaged over the videos run); per-kind costs and the overhead split in the same unit."""
     counts = {"full": summary["frames_full"], "reset": summary["frames_reset"], "pattern": summary["frames_pattern"],
               "pruned": summary["frames_pruned"]}

@@ -287,5 +287,6 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
         }
         options = entry.engine.resolved.as_dict() if entry.engine else {"timm": entry.name}
         identity = {"name": entry.name, "weights": loaded.weights, "img_size": list(loaded.img_size), **options}
-        rows.append({"config_id": config_id(identity), **row, "error": ""})
+        rows.append({"config_id": config_id(identity), **row, "model": loaded.name, "weights": loaded.weights,
+                     "error": ""})
     return rows

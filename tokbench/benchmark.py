@@ -1,8 +1,8 @@
 """One configuration end to end: a benchmark, a model, method settings -> per-frame records + summary metrics.
 
-Clips run in order at batch 1 with fresh state per clip (method.md 9.1). ``sampling=s`` keeps frames with
-``index % s == 0`` of each clip, and the engine's t counts the kept frames (method.md section 5). A dataset with
-``views > 1`` (multi-view video classification, method.md 9.2) yields each video as ``views`` consecutive clips,
+Clips run in order at batch 1 with fresh state per clip (docs/method.md 9.1). ``sampling=s`` keeps frames with
+``index % s == 0`` of each clip, and the engine's t counts the kept frames (docs/method.md section 5). A dataset with
+``views > 1`` (multi-view video classification, docs/method.md 9.2) yields each video as ``views`` consecutive clips,
 each run with its own state; a video's prediction is the mean of its views' logits.
 """
 
@@ -40,7 +40,7 @@ class RunResult:
 
 
 def _is_pattern_reset(rec: FrameRecord) -> bool:
-    """A reset frame that kept a fixed pattern (classification, method.md 5) rather than every patch."""
+    """A reset frame that kept a fixed pattern (classification, docs/method.md 5) rather than every patch."""
     return rec.kind == RESET and getattr(rec, "pattern", rec.num_kept < rec.num_patches)
 
 
@@ -119,7 +119,7 @@ def _views(dataset) -> int:
 
 def per_video(logits: torch.Tensor, views: int) -> torch.Tensor:
     """Logits per clip ``[videos * views, K]`` (each video's views consecutive) -> the mean over each video's views
-    ``[videos, K]``: softmax of it is the video's prediction (method.md 9.2)."""
+    ``[videos, K]``: softmax of it is the video's prediction (docs/method.md 9.2)."""
     if logits.shape[0] % views:
         raise DataError(f"{logits.shape[0]} clips do not make whole videos of {views} views")
     return logits.unflatten(0, (-1, views)).mean(dim=1)

@@ -17,7 +17,8 @@ from tokbench.errors import TokbenchError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Benchmark token pruning on timm video ViTs.",
+    help="Benchmark token pruning on timm video ViTs. The method, its options and both FLOP conventions: "
+         "docs/method.md.",
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -102,7 +103,7 @@ PoolOption = Annotated[int | None, typer.Option(
          "defaults to 2 for vitdet_b with --preset reference, as the paper counts.")]
 CheckpointOption = Annotated[Path | None, typer.Option(help="Weights file (.pth/.pt/.safetensors) for --model.")]
 SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", help="Any method option, KEY=VALUE, repeatable (docs/method.md#10-options), e.g. --set "
+    "--set", help="Any method option, KEY=VALUE, repeatable (docs/method.md#10-options-and-presets), e.g. --set "
                   "anchor_clip_end=g --set tie_break=unstable; tokbench or method names (track_radius, ...).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the data, the random policy and randomly initialised weights.")]
 ViewsOption = Annotated[int | None, typer.Option(
@@ -148,13 +149,15 @@ def ablate(
     from tokbench.config import parse_set
     from tokbench.report import ablation_plot, markdown
 
+    overrides = parse_set(set_ or [])
     spec = AblationSpec(
-        task=task.value,
-        knobs={"window": window or [0, 1, 2, 3], "keep_ratio": keep or [0.111], "reset_every": reset or [8],
+        task=task.value,  # the paper's window ablation unless --window or --set chooses the window
+        knobs={"window": window or (None if "window" in overrides else [0, 1, 2, 3]), "keep_ratio": keep,
+               "reset_every": reset,
                "head_fusion": head_fusion, "similarity": similarity, "fg_ratio": fg_ratio, "bg_ratio": bg_ratio,
                "policy": policy},
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
-        data=data, clips=videos, frames=frames, seed=seed, overrides=parse_set(set_ or []), views=views,
+        data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views,
     )
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console)
     job = bar.add_task("frames", total=None)
@@ -215,10 +218,12 @@ def _print_rows(rows: list[dict], fmt: Format, title: str, columns: list[str] | 
     if columns is not None:
         shown = frame[[c for c in columns if c in frame.columns]]
     else:
-        shown = frame.drop(columns=["unsupported_ops", "convention", "unit"], errors="ignore")
+        bookkeeping = ["unsupported_ops", "convention", "unit", "config_id", "model", "weights", "sdpa_flops"]
+        shown = frame.drop(columns=bookkeeping + ([] if frame.get("error", pd.Series()).any() else ["error"]),
+                           errors="ignore")
     shown = shown.dropna(axis=1, how="all")
-    shown = shown.astype(object).where(shown.notna(), None)  # missing numbers print as "-", not "nan"
-    typer.echo(shown.to_markdown(index=False, missingval="-"))
+    shown = shown.astype(object).where(shown.notna(), None)  # missing numbers print as "—", never "nan"
+    typer.echo(shown.to_markdown(index=False, missingval="—"))
     for row in rows:  # a failed configuration is a row: its message goes to stderr, one line each
         if row.get("error"):
             err_console.print(f"[red]row {row.get('config_id', '?')} failed:[/red] {row['error']}", highlight=False)
@@ -246,7 +251,8 @@ def flops(
         min=0.0, max=1.0, help="Paper convention, per-frame rows: share of full frames in the average instead of "
                                "the schedule (the paper's VID runs: 0.12653).")] = None,
     rollout_pool: PoolOption = None,
-    convention: Annotated[Convention, typer.Option(help="fvcore (traced) or paper (method.md 8).")] = Convention.fvcore,
+    convention: Annotated[Convention, typer.Option(
+        help="fvcore (traced) or paper (docs/method.md 8).")] = Convention.fvcore,
     by_operator: Annotated[bool, typer.Option("--by-operator", help="Add fvcore's per-operator GMACs.")] = False,
     fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
 ) -> None:
@@ -353,7 +359,8 @@ def bench(
             append_row(out / "rows.csv", row)
         write_meta(out, provenance(command="bench", experiment=experiment, model_info=loaded.describe(),
                                    device_requested=device,
-                                   configuration=base.as_dict(), keeps=keeps, frames=frames, repeats=repeats))
+                                   configuration=loaded.engine(base).resolved.as_dict(), keeps=keeps, frames=frames,
+                                   repeats=repeats))
     title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}, batch 1 streaming on {device} "
              f"({torch.get_num_threads()} threads); medians over {repeats} clips x {frames} frames; "
              "speed-up and GMACs ratio (fvcore) of the timed frame kind vs tokbench dense")
@@ -397,7 +404,8 @@ def run(
     identity = row_identity(config, loaded, AblationSpec(data=data, clips=videos, seed=seed, views=views), sampling)
     result = run_model(loaded, dataset, config, sampling=sampling, max_clips=videos)
     summary = {"config_id": config_id(identity), **identity, "convention": "fvcore", **result.summary, "error": ""}
-    lines = [json.dumps(r) for r in result.frames] + [json.dumps({"summary": summary})]
+    lines = [json.dumps({"config_id": summary["config_id"], **r}) for r in result.frames]
+    lines.append(json.dumps({"summary": summary}))
     if out:
         out.write_text("\n".join(lines) + "\n")
         console.print(json.dumps(summary))
@@ -411,19 +419,24 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-LIST_OPTIONS = frozenset(
-    ("--window", "--keep", "--reset", "--head-fusion", "--similarity", "--fg-ratio", "--bg-ratio", "--policy",
-     "--sampling")
-)  # commands taking one value per option (run, flops, bench) reject a second value as a usage error
+LIST_OPTIONS: dict[str, frozenset[str]] = {
+    "ablate": frozenset(("--window", "--keep", "--reset", "--head-fusion", "--similarity", "--fg-ratio", "--bg-ratio",
+                         "--policy", "--sampling", "--set")),
+    "flops": frozenset(("--window", "--keep", "--reset", "--set")),
+    "bench": frozenset(("--keep", "--policy", "--set")),
+    "run": frozenset(("--set",)),
+}  # every other option takes one value: a second one is a usage error (exit 2), never silently dropped
 
 
 def expand_list_options(argv: list[str]) -> list[str]:
-    """``--window 0 1 2`` -> ``--window 0 --window 1 --window 2`` (click options take one value each)."""
+    """``--window 0 1 2`` -> ``--window 0 --window 1 --window 2`` for the list options of the command in ``argv``
+    (click options take one value each)."""
+    options = LIST_OPTIONS.get(next((a for a in argv if not a.startswith("-")), ""), frozenset())
     out: list[str] = []
     current = None
     for arg in argv:
         is_value = not arg.startswith("-") or (len(arg) > 1 and (arg[1].isdigit() or arg[1] == "."))
-        if arg in LIST_OPTIONS:
+        if arg in options:
             current = arg
             out.append(arg)
         elif current and is_value and out[-1] != current:

@@ -1,4 +1,4 @@
-"""The method configuration: one frozen dataclass, presets, validation, ``--set`` parsing (method.md section 11)."""
+"""The method configuration: one frozen dataclass, presets, validation, ``--set`` parsing (docs/method.md 10)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "preset": PRESETS,
 }
 
-# method.md section 11 names that differ from the field names, and values spelled differently there
+# docs/method.md section 10 names that differ from the field names, and values spelled differently there
 ALIASES: dict[str, str] = {
     "fg_sample_ratio": "fg_ratio",
     "bg_sample_ratio": "bg_ratio",
@@ -72,7 +72,7 @@ _VALUE_ALIASES: dict[str, dict[str, str]] = {"order": {"rank_raster": "rank"}}
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Every knob of a pruning run. Names follow method.md section 11; defaults are ``preset=default``."""
+    """Every knob of a pruning run. Names follow docs/method.md section 10; defaults are ``preset=default``."""
 
     policy: str = "rgtp"
     keep_ratio: float = 0.111  # rho: foreground size round(rho * N)
@@ -125,16 +125,17 @@ class MethodConfig:
             raise ConfigError("track_features=block0_keys needs cut=block0: no block runs before an input cut")
 
     def computed_scores(self, kv_reuse: bool) -> bool:
-        """Whether a pruned frame's rollout gives every position a computed score (method.md 2.7): with K/V reuse
+        """Whether a pruned frame's rollout gives every position a computed score (docs/method.md 2.7): with K/V reuse
         (buffered attention rows), or with ``block0_columns=keep`` at a ``block0`` cut."""
         return kv_reuse or (self.block0_columns == "keep" and self.cut == "block0")
 
-    def resolve(self, dense: bool) -> MethodConfig:
+    def resolve(self, dense: bool, strict: bool = True) -> MethodConfig:
         """A copy with every ``auto`` replaced by what runs for a ``dense`` (or classification) task.
 
         ``kv_reuse``: on for dense tasks and for eventful; ``reset_mode``: full for dense tasks, else pattern;
         ``pruned_score_fill``: computed where every position gets a computed score, else nearest_kept. Raises
-        ``ConfigError`` for an explicit ``pruned_score_fill=computed`` where RGTP has no computed score.
+        ``ConfigError`` for an explicit ``pruned_score_fill=computed`` where RGTP has no computed score (unless not
+        ``strict``: the resolved values of a configuration that will be reported as failed).
         """
         kv = self.kv_reuse
         if kv == "auto":
@@ -144,7 +145,7 @@ class MethodConfig:
         fill = self.pruned_score_fill
         if fill == "auto":
             fill = "computed" if computed else "nearest_kept"
-        if fill == "computed" and not computed and self.policy == "rgtp":
+        if strict and fill == "computed" and not computed and self.policy == "rgtp":
             raise ConfigError("pruned_score_fill=computed needs K/V reuse or block0_columns=keep at cut=block0; "
                               "pruned positions have no computed score here")
         return self.replace(kv_reuse=kv, reset_mode=reset, pruned_score_fill=fill)
@@ -189,7 +190,7 @@ def _coerce(name: str, raw: str, kind: object) -> object:
 def parse_set(items: list[str]) -> dict[str, object]:
     """``--set KEY=VALUE`` items -> typed overrides for ``MethodConfig.from_preset``.
 
-    Keys are field names or method.md section 11 names (``track_radius``, ``fg_sample_ratio``, ...); values are
+    Keys are field names or docs/method.md section 10 names (``track_radius``, ``fg_sample_ratio``, ...); values are
     coerced to the field's type (``none`` clears an optional number). Later items win. Choices are validated when
     the config is built. Raises ``ConfigError`` for an item without ``=``, an unknown key (with close matches) or a
     value of the wrong type.
@@ -202,8 +203,8 @@ def parse_set(items: list[str]) -> dict[str, object]:
         key, raw = key.strip(), raw.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        if key == "preset":
-            raise ConfigError("choose the preset with --preset, not --set")
+        if key in ("preset", "policy", "seed"):  # each has its own option, which would silently win
+            raise ConfigError(f"choose the {key} with --{key}, not --set")
         name = ALIASES.get(key, key)
         if name not in names:
             raise ConfigError(str(unknown_name("method option", key, [*names, *ALIASES])))

@@ -1,4 +1,4 @@
-"""The per-clip streaming loop (method.md sections 1, 5, 6).
+"""The per-clip streaming loop (docs/method.md sections 1, 5, 6).
 
 One ``StreamingEngine`` runs a timm ViT frame by frame; everything that crosses frames lives in one
 ``ClipState`` (previous heatmap, previous patch embeddings, K/V, attention-row and output buffers). Shapes:
@@ -371,8 +371,9 @@ class StreamingEngine:
         if cfg.pruned_score_fill == "previous" and kind == PRUNED:
             kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
             scores = scatter_tokens(state.heatmap.clone(), keep, kept)
-        elif scores.shape[1] < num_patches:
-            scores = nearest_kept_fill(scores, keep, z if keys is None else keys)
+        elif scores.shape[1] < num_patches or (cfg.pruned_score_fill == "nearest_kept" and keep is not None):
+            kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
+            scores = nearest_kept_fill(kept, keep, z if keys is None else keys)
         bad = ~torch.isfinite(scores).all(dim=1) | (scores.sum(dim=1) <= 0)
         if bad.any():
             scores = torch.where(bad[:, None], torch.ones_like(scores), scores)
@@ -412,7 +413,7 @@ class StreamingEngine:
         start: torch.Tensor,
         grid: tuple[int, int],
     ) -> torch.Tensor:
-        """K/V-reuse rollout on p x p cells (method.md 2.6) -> ``[B, N']``, cell scores upsampled bilinearly.
+        """K/V-reuse rollout on p x p cells (docs/method.md 2.6) -> ``[B, N']``, cell scores upsampled bilinearly.
 
         Fused rows are pooled (keys summed, queries averaged), then get the identity and row normalisation on the
         ``M``-cell matrices. Blocks whose attention ran on all ``N'`` queries (every block of a full frame, and

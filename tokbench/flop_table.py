@@ -1,6 +1,6 @@
 """``tokbench flops`` rows: per configuration, the GMACs of each frame kind, the per-unit cost and the overheads.
 
-Unit (method.md 8.1, 8.3), decided by the model's task (``LoadedModel.kind``), never by its name:
+Unit (docs/method.md section 8), decided by the model's task (``LoadedModel.kind``), never by its name:
 
 - dense tasks (``detect``, ``features``): ``gmacs_per_frame``, the mean over all frames of a clip, first and
   reset frames included (K/V reuse, full resets);
@@ -17,7 +17,7 @@ a row costs a few traces however long the run it describes. The method's overhea
 - matching (nearest-kept fill of a shrinking sequence): the engine's ``N n C_h`` product, traced;
 - selection: a sort of N scores, no multiply-adds (0 in this convention).
 
-``paper``: the reference convention of method.md 8.1, analytic (``tokbench.flops_ref``), on the paper's own
+``paper``: the reference convention of docs/method.md 8, analytic (``tokbench.flops_ref``), on the paper's own
 architectures (``vitdet_b``, ``vivit_b_k400``, ``vivit_b_epic``) or on shapes read from a loaded model.
 
 Overheads in a row are in the row's unit (per frame, schedule-averaged; or per clip), so ``gmacs_per_<unit>``
@@ -53,9 +53,9 @@ from tokbench.results import config_id
 from tokbench.selection import kept_count, reset_pattern_indices
 
 CONVENTION = "fvcore: 1 multiply-add = 1 MAC; attention counted; tracking analytic"
-PAPER_CONVENTION = "paper: MACs + bias/residual adds, patch embedding and norms not counted (method.md 8)"
+PAPER_CONVENTION = "paper: MACs + bias/residual adds, patch embedding and norms not counted (docs/method.md 8)"
 PAPER_MODELS = ("vitdet_b", "vivit_b_k400", "vivit_b_epic")
-PAPER_VIDEO_VIEWS = {"vivit_b_k400": 12, "vivit_b_epic": 12}  # 3 spatial x 4 temporal views (method.md 9.2)
+PAPER_VIDEO_VIEWS = {"vivit_b_k400": 12, "vivit_b_epic": 12}  # 3 spatial x 4 temporal views (docs/method.md 9.2)
 DENSE_KINDS = ("detect", "features")
 CLASSIFICATION_KINDS = ("action", "classify")
 ROW_KINDS = ("full", "reset", "pattern", "pruned")  # reset: a full reset frame; pattern: a pattern reset frame
@@ -88,7 +88,7 @@ def unit_of(model: LoadedModel | PaperModel | str) -> str:
 
 
 def default_views(name: str) -> int:
-    """Views per clip: the paper's 12 for ViViT-B (method.md 9.2), 1 for every other model."""
+    """Views per clip: the paper's 12 for ViViT-B (docs/method.md 9.2), 1 for every other model."""
     return PAPER_VIDEO_VIEWS.get(name, 1)
 
 
@@ -200,7 +200,7 @@ def _r(x: float) -> float:
 # -- row assembly ------------------------------------------------------------------------------------------------
 
 _LEAD = ("model", "kind", "convention", "sdpa_flops", "unit", "policy", "keep_ratio", "keep_tokens", "window",
-         "reset_every", "reset_mode", "frames", "views")
+         "reset_every", "reset_mode", "frames_per_clip", "views")
 
 
 def _row(identity: dict, config: MethodConfig, numbers: dict, error: str = "") -> dict:
@@ -216,7 +216,7 @@ _NUMBERS = ("gmacs_per_frame", "gmacs_per_clip", "gmacs_full", "gmacs_reset", "g
             "gmacs_temporal_head", "gmacs_ratio_vs_dense", "overhead_gmacs_rollout", "overhead_gmacs_tracking",
             "overhead_gmacs_match", "frac_full_frames", "frac_pattern_frames", "kept_tokens_mean")
 _BOOKKEEPING = {"model", "kind", "convention", "unit", "img_size", "config_id", "error", "unsupported_ops",
-                "by_operator", "seed"}
+                "by_operator", "seed", "weights"}
 
 
 def table_columns(rows: list[dict]) -> list[str]:
@@ -319,7 +319,7 @@ def flop_rows(
     num_patches = loaded.backbone.patch_embed.num_patches
     configs = config_grid(base, num_patches, keeps, windows, resets)
     identity = {"model": loaded.name, "kind": loaded.kind, "convention": "fvcore", "unit": unit,
-                "img_size": list(loaded.img_size), "frames": steps, "views": views}
+                "weights": loaded.weights, "img_size": list(loaded.img_size), "frames_per_clip": steps, "views": views}
     heads: dict[str, float] = {}
 
     def row(config: MethodConfig, dense_unit: float | None) -> tuple[dict, float | None]:
@@ -332,7 +332,7 @@ def flop_rows(
             counts = step_counts(steps, config.reset_every, config.reset_mode, config.policy != "dense")
             numbers = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=heads[sdpa])
         except Exception as err:  # a failed configuration becomes a row; the others go on
-            return _failed(identity, config, err), None
+            return _failed(identity, config.resolve(dense_task, strict=False), err), None
         shown = raw.get(PRUNED, raw[FULL])
         numbers = {"keep_tokens": shown.kept_tokens, **numbers, **_ratio(dense_unit, numbers, unit),
                    "unsupported_ops": ", ".join(f"{op} x{n}" for op, n in shown.unsupported.items())}
@@ -348,12 +348,12 @@ def flop_rows(
     return [dense] + [row(config, dense_unit)[0] for config in configs]
 
 
-# -- the paper's reference convention (analytic; method.md section 8) ----------------------------------------------
+# -- the paper's reference convention (analytic; docs/method.md section 8) ---------------------------------------
 
 
 @dataclass(frozen=True)
 class PaperModel:
-    """What the paper convention needs of a model: its task kind and analytic shapes (method.md 8.1, 9).
+    """What the paper convention needs of a model: its task kind and analytic shapes (docs/method.md 8, 9).
 
     spatial: the ViT that RGTP prunes; temporal: an action model's encoder over the per-step outputs (grid (1, T),
     prefix 1); num_classes: the classifier after the temporal encoder (action) or on every step (classify);
@@ -406,7 +406,7 @@ def temporal_arch(encoder: torch.nn.Module, steps: int) -> ViTArch:
 
 
 def vivit_b_arch(name: str, img_size: int | None) -> tuple[ViTArch, ViTArch, int]:
-    """Spatial and temporal ``ViTArch`` of ViViT-B (method.md 9.2) and its classifier width."""
+    """Spatial and temporal ``ViTArch`` of ViViT-B (docs/method.md 9.2) and its classifier width."""
     size = img_size or (224 if name == "vivit_b_k400" else 320)
     if size % 16:
         raise ConfigError(f"img_size {size} is not a multiple of the 16-px tubelet")
@@ -481,7 +481,7 @@ def paper_kind_costs(model: PaperModel, config: MethodConfig) -> dict[str, KindG
 
 
 def paper_pool(model: PaperModel, config: MethodConfig, rollout_pool: int | None) -> int:
-    """Rollout pooling p: as given, else the paper's p = 2 for ViTDet-B under ``preset=reference`` (method.md
+    """Rollout pooling p: as given, else the paper's p = 2 for ViTDet-B under ``preset=reference`` (docs/method.md
     9.1) where it divides the grid, else the configuration's (pooling needs K/V reuse; p > 1 without it fails)."""
     if rollout_pool is not None:
         return rollout_pool
@@ -514,7 +514,8 @@ def paper_rows(
     views = views or default_views(model.name)
     configs = config_grid(base, model.spatial.num_patches, keeps, windows, resets)
     identity = {"model": model.name, "kind": model.kind, "convention": "paper", "unit": unit,
-                "img_size": list(model.img_size), "frames": steps, "views": views, "full_fraction": full_fraction}
+                "img_size": list(model.img_size), "frames_per_clip": steps, "views": views,
+                "full_fraction": full_fraction}
 
     def row(config: MethodConfig, dense_unit: float | None) -> tuple[dict, float | None]:
         try:
@@ -527,7 +528,7 @@ def paper_rows(
                 counts = {"full": full_fraction, "pruned": 1 - full_fraction}
             numbers = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=model.head_gmacs())
         except Exception as err:  # a failed configuration becomes a row; the others go on
-            return _failed(identity, config, err), None
+            return _failed(identity, config.resolve(dense_task, strict=False), err), None
         n = per_kind["pruned"].kept_tokens if "pruned" in per_kind else model.spatial.num_patches
         numbers = {"keep_tokens": int(n), **numbers, **_ratio(dense_unit, numbers, unit)}
         return _row(identity, config, numbers), numbers[f"gmacs_per_{unit}"]

@@ -3,7 +3,7 @@
 Every count is in multiply-accumulates (MACs) plus single additions, reported in GMACs (1e9), batch 1. The paper
 calls this "GFLOPs"; a ``gflops`` column, if ever shown, would be 2 x ``gmacs`` under fvcore's convention only.
 
-What each convention counts (method.md §8):
+What each convention counts (docs/method.md §8):
 
 =================================  ==============================  ==========================================
 item                               reference (``gmacs_ref``)       fvcore (``tokbench.flops.count_gmacs``)
@@ -159,19 +159,23 @@ def mlp_side_macs(arch: ViTArch, n: int) -> int:
 def mixing_macs(arch: ViTArch, block: int, n_q: int, n_k: int, window_queries: str = "all") -> int:
     """Token mixing of one block: attention plus rel-pos terms.
 
-    Global block: one n_q × n_k attention; rel-pos over the full h×w grid. Windowed block: every padded window
-    with all ws² queries (``window_queries='all'``) or only the n_q kept queries, each against ws² keys
-    (``'kept'``); rel-pos per window call on ws×ws, always for every window.
+    Global block: one n_q × n_k attention; rel-pos over the full h×w grid (the reference's count). Windowed block:
+    every padded window with all ws² queries and its rel-pos terms (``window_queries='all'``), or only the n_q kept
+    queries, each against ws² keys with rel-pos terms for those queries only (``'kept'``), as the engine runs it.
     """
     if arch.is_global(block):
         out = attention_macs(arch, n_q, n_k)
         return out + (rel_pos_macs(arch, *arch.grid) if arch.rel_pos else 0)
-    ws2 = arch.window_size**2
+    ws = arch.window_size
     if window_queries == "all":
-        out = arch.num_windows * attention_macs(arch, ws2, ws2)
-    else:
-        out = attention_macs(arch, n_q, ws2)
-    return out + (arch.num_windows * rel_pos_macs(arch, arch.window_size, arch.window_size) if arch.rel_pos else 0)
+        out = arch.num_windows * attention_macs(arch, ws * ws, ws * ws)
+        return out + (arch.num_windows * rel_pos_macs(arch, ws, ws) if arch.rel_pos else 0)
+    return attention_macs(arch, n_q, ws * ws) + (rel_pos_query_macs(arch, n_q, ws, ws) if arch.rel_pos else 0)
+
+
+def rel_pos_query_macs(arch: ViTArch, n_q: int, a: int, b: int) -> int:
+    """Decomposed relative positions of n_q queries over an a×b key grid: H·n_q·(a+b)·C_h MACs + 2·H·n_q·ab adds."""
+    return arch.heads * n_q * (a + b) * arch.head_dim + 2 * arch.heads * n_q * a * b
 
 
 def linear_macs(in_features: int, out_features: int, tokens: int = 1, bias: bool = True) -> int:
@@ -373,14 +377,15 @@ def ref_clip_gmacs(
 
 def fills_nearest_kept(kind: str, *, kv_reuse: bool, block0_columns: str = "cut", score_fill: str = "auto") -> bool:
     """Whether a reduced frame (``kind`` 'pruned' or 'pattern') fills its pruned positions' scores by nearest-kept
-    matching (§2.7), as the engine does: only on the shrinking sequence (no K/V reuse) with the block-0 column cut;
+    matching (§2.7), as the engine does: when asked for explicitly (``score_fill='nearest_kept'``), and where no
+    computed score exists (the shrinking sequence, no K/V reuse, with the block-0 column cut);
     ``score_fill='previous'`` replaces it on pruned frames, never on pattern frames.
     """
     _check(block0_columns, BLOCK0_COLUMNS, "block0_columns")
     _check(score_fill, SCORE_FILLS, "score_fill")
-    if kind not in ("pruned", "pattern") or kv_reuse or block0_columns != "cut":
+    if kind not in ("pruned", "pattern") or (kind == "pruned" and score_fill == "previous"):
         return False
-    return not (kind == "pruned" and score_fill == "previous")
+    return score_fill == "nearest_kept" or (not kv_reuse and block0_columns == "cut")
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

@@ -103,7 +103,7 @@ def tracking_gmacs(engine: StreamingEngine, num_patches: int) -> float:
 
 def match_gmacs(engine: StreamingEngine, kind: str, num_patches: int, kept: int) -> float:
     """Nearest-kept matching as the engine runs it: all N patches against the n kept ones, ``N n C_h`` in GMACs
-    (``C`` on raw patch embeddings when the cut is before block 0); 0 where scores are computed (method.md 2.7)."""
+    (``C`` on raw patch embeddings when the cut is before block 0); 0 where scores are computed (docs/method.md 2.7)."""
     if not engine.rollout:
         return 0.0
     reduced = PRUNED if kind == PRUNED else "pattern" if kind == RESET and engine.reset_mode == "pattern" else None

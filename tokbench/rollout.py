@@ -1,6 +1,6 @@
 """Attention rollout: head fusion, residual + row normalisation, matrix and vector forms.
 
-Pure functions on tensors (method.md section 2). Shapes: B batch, H heads, N tokens (prefix included).
+Pure functions on tensors (docs/method.md section 2). Shapes: B batch, H heads, N tokens (prefix included).
 Attention rows are queries (output tokens), columns are keys (input tokens).
 """
 
@@ -162,7 +162,7 @@ def anchor_mask(
     score_thr: float = 0.1,
     clip_end: str = "g_minus_1",
 ) -> torch.Tensor:
-    """Detection anchors of one frame on the token grid (method.md section 2.5), unnormalised.
+    """Detection anchors of one frame on the token grid (docs/method.md section 2.5), unnormalised.
 
     Boxes with ``score > score_thr`` are scaled to grid units (x by ``w / W_in``, y by ``h / H_in``); ``x1, y1``
     are floored and ``x2, y2`` ceiled, then clipped to ``[0, g - 1]`` (reference) or, with ``clip_end="g"``,

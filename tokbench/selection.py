@@ -1,4 +1,4 @@
-"""Keep-set selection: RGTP's foreground/background strides, Gilbert ordering, reset patterns (method.md 3, 5).
+"""Keep-set selection: RGTP's foreground/background strides, Gilbert ordering, reset patterns (docs/method.md 3, 5).
 
 All functions are pure. Indices are raster patch indices ``j = y * w + x`` on an ``h x w`` grid, prefix tokens
 excluded. Kept sets come back sorted ascending, shape ``[B, K]`` with ``K`` independent of the data.

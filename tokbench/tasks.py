@@ -1,6 +1,6 @@
 """Task heads for the streaming engine: what a frame's output is, and where its rollout starts.
 
-A task turns the backbone output into predictions and supplies the rollout start vector (method.md 2.5):
+A task turns the backbone output into predictions and supplies the rollout start vector (docs/method.md 2.5):
 the class-token row for classification, an anchor mask for detection (``tokbench.models``), uniform weights
 over the patch tokens for models without a class token.
 """

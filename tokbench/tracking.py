@@ -1,4 +1,4 @@
-"""Temporal token tracking: move frame t-1's heatmap onto frame t by local matching (method.md section 4).
+"""Temporal token tracking: move frame t-1's heatmap onto frame t by local matching (docs/method.md section 4).
 
 Every position p of frame t pulls the score of the position p + d of frame t-1, d in ``[-r, r]^2``, whose patch
 embedding is most similar to p's (a backward warp). Vectorised over positions; the loop is over the

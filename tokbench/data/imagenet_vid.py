@@ -15,7 +15,7 @@ Each XML ``<object>`` has ``<name>`` (a WordNet id of ``VID_CLASSES``), ``<track
 ``xmin ymin xmax ymax`` in pixels of the frame; boxes are clipped to the frame and then scaled like the picture.
 JPEGs are read and resized with Pillow (a dependency of torchvision and matplotlib), as detectron2 does.
 
-Input rule (ViTDet's test protocol, method.md 9.1): each frame is resized (bilinear) so that its short edge is
+Input rule (ViTDet's test protocol, docs/method.md 9.1): each frame is resized (bilinear) so that its short edge is
 ``640 * size / 1024`` px (420 at 672) with the long edge at most ``size``, placed at the top left of a
 ``size x size`` canvas and zero-padded bottom/right *after* normalisation: clips carry the picture region
 ``valid_hw`` and ``LoadedModel.steps`` zeroes the rest.

@@ -17,7 +17,7 @@ class index); otherwise, when every label is an integer, label ``k`` is class ``
 otherwise they are the sorted unique labels of every row of the CSV, so neither ``split``, ``max_clips`` nor missing
 videos change the mapping. Pass ``classes`` when train and val labels come from different CSVs.
 
-Views (method.md 9.2): ``views=1`` is one centred clip per video, centre-cropped; ``views=12`` is ViViT's
+Views (docs/method.md 9.2): ``views=1`` is one centred clip per video, centre-cropped; ``views=12`` is ViViT's
 multi-view test: 4 temporal windows evenly spaced over the segment x 3 spatial crops (start, centre, end of the
 longer side), each view its own clip; the prediction per video averages the logits of its 12 views.
 """
