@@ -161,8 +161,8 @@ def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
     lines = [
         f"- model: `{meta.get('model')}`; data: {data.get('name', meta.get('task'))}, {data.get('clips_used')} "
         "clips; frames run in order at batch 1, state reset per clip",
-        "- every pruned policy keeps the same number of patch tokens on the same frames (full first frame, full "
-        "reset frames); GMACs are averaged over all frames of the schedule",
+        "- every pruned policy keeps the same number of patch tokens on the same frames (full first frame, "
+        f"{_reset_note(rows)})",
         "- GMACs: fvcore convention (1 multiply-add = 1), attention counted "
         f"({_sdpa_note(rows)}), tracking added analytically; "
         + ("per clip = views x (spatial steps + temporal encoder + classifier)" if cost_column(rows) == "gmacs_per_clip"
@@ -177,6 +177,13 @@ def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
     if len(seeds) > 1:
         lines.insert(2, f"- random: mean ± std over seeds {', '.join(str(int(s)) for s in seeds)}")
     return lines
+
+
+def _reset_note(rows: pd.DataFrame) -> str:
+    modes = set(rows.loc[rows["policy"] != "dense", "reset_mode"].dropna()) if "reset_mode" in rows else set()
+    if modes == {"pattern"}:
+        return "reset frames pruned with a fixed pattern"
+    return "full reset frames" if modes <= {"full"} else "full or pattern reset frames"
 
 
 def _sdpa_note(rows: pd.DataFrame) -> str:
