@@ -84,8 +84,8 @@ def merge(records: Iterable[dict]) -> dict[tuple[str, int], dict]:
 
 
 def finished_pairs(out: Path) -> set[tuple[str, int]]:
-    """(config_id, clip) pairs with a record and no error."""
-    return {key for key, rec in merge(all_records(out)).items() if not rec.get("error")}
+    """(config_id, clip) pairs with a record and no error (records are read one at a time, not kept)."""
+    return {(rec["config_id"], rec["clip"]) for rec in all_records(out) if not rec.get("error")}
 
 
 # ----------------------------------------------------------------------------------------------- compact tensors
