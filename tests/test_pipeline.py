@@ -16,6 +16,7 @@ import torch
 from tokbench.ablate import AblationSpec, run_ablation
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
+from tokbench.pipeline import RunSpec, run_one
 from tokbench.records import RecordWriter, detections_from_json, detections_to_json, merge, read_records
 from tokbench.tasks import ClassificationTask
 
@@ -47,6 +48,17 @@ def test_rows_carry_metrics_from_records(uninterrupted, tmp_path):
     pruned = [r for r in uninterrupted if r["policy"] != "dense"]
     assert all(0 <= float(r["top1_agreement"]) <= 100 and float(r["kl_to_dense"]) >= 0 for r in pruned)
     assert float(uninterrupted[0]["gmacs_per_clip"]) > float(uninterrupted[2]["gmacs_per_clip"])
+
+
+@pytest.mark.parametrize("policy", ["rgtp", "random"])
+def test_run_one_names_and_counts_a_configuration_like_the_grid(policy, uninterrupted):
+    knobs = {"window": 1} if policy == "rgtp" else {}
+    config = MethodConfig.from_preset("default", policy=policy, keep_ratio=0.5, seed=0, **knobs)
+    records, row = run_one(RunSpec(config=config, model="vit_tiny_patch16_224", img_size=64, clips=3, frames=3))
+    grid = next(r for r in uninterrupted if r["config_id"] == row["config_id"])
+    assert [r["clip"] for r in records] == [0, 1, 2] and row["error"] == ""
+    assert int(grid["frames_run"]) == row["frames_run"] == 9
+    assert float(grid["kept_tokens_mean"]) == pytest.approx(row["kept_tokens_mean"], abs=1e-3)
 
 
 def test_an_interrupted_run_resumes_to_the_rows_of_an_uninterrupted_one(uninterrupted, tmp_path):

@@ -395,27 +395,21 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
 ) -> None:
     """Run one configuration; per-frame JSON lines, then a summary line."""
-    from tokbench.ablate import DEFAULT_MODEL, AblationSpec, open_data, row_columns
     from tokbench.config import MethodConfig, parse_set
+    from tokbench.experiment import DEFAULT_MODEL
     from tokbench.flop_table import keep_ratio
     from tokbench.models.zoo import load_model
-    from tokbench.pipeline import build_row, clip_indices, resolve, stream
+    from tokbench.pipeline import RunSpec, run_one
 
     loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed)
     ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
     config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
         policy=policy, window=window, keep_ratio=ratio, reset_every=reset, seed=seed, rollout_pool=rollout_pool)))
-    spec = AblationSpec(task=task.value, data=data, clips=videos, seed=seed, views=views)
-    dataset = open_data(spec, loaded)
-    loaded.engine(config)  # a refused configuration is a one-line error here
-    job = resolve(loaded, config, sampling, row_columns(loaded, spec))
-    records: list[dict] = []
-    stream(loaded, dataset, [job], clip_indices(dataset, videos), emit=records.append, strict=True)
-    row = build_row(loaded, job, {r["clip"]: r for r in records}, views=getattr(dataset, "views", 1))
-    if row["error"]:
-        raise TokbenchError(row["error"])
+    spec = RunSpec(config=config, sampling=sampling, task=task.value, model=model, checkpoint=checkpoint, data=data,
+                   clips=videos, seed=seed, views=views)
+    records, row = run_one(spec, loaded)
     summary = {k: v for k, v in row.items() if k != "wall_s"}
-    lines = [json.dumps({"config_id": job.config_id, **f}) for r in records for f in r["frames"]]
+    lines = [json.dumps({"config_id": row["config_id"], **f}) for r in records for f in r["frames"]]
     lines.append(json.dumps({"summary": summary}))
     if out:
         out.write_text("\n".join(lines) + "\n")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,10 @@ from tokbench.benchmark import _frame_row, _indices, _summary, per_video
 from tokbench.config import MethodConfig
 from tokbench.engine import clip_seed
 from tokbench.errors import DataError, TokbenchError
+from tokbench.experiment import DEFAULT_MODEL, open_data, row_columns
 from tokbench.flop_table import fvcore_kind_costs, fvcore_temporal_head_gmacs, unit_columns, unit_of
 from tokbench.metrics import kl_to_dense, map50, map50_vs_dense, top1, top1_agreement
-from tokbench.models.zoo import LoadedModel
+from tokbench.models.zoo import LoadedModel, load_model
 from tokbench.records import detections_from_json, detections_to_json
 from tokbench.results import config_id
 
@@ -50,6 +52,44 @@ class Job:
     @property
     def dense(self) -> bool:
         return self.config.policy == "dense"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration at one frame sampling on one experiment: model and weights, input size, data and its
+    limits (``clips`` videos, at most ``frames`` sampled steps per clip), seed (data, random-init weights; the
+    method's seed is ``config.seed``) and views. ``run_one`` turns it into per-clip records and a row."""
+
+    config: MethodConfig = field(default_factory=MethodConfig)
+    sampling: int = 1
+    task: str = "detect"
+    model: str | None = None  # None: the task's shipped model
+    checkpoint: Path | None = None
+    img_size: int | None = None
+    data: str | None = None  # None: the embedded benchmark
+    clips: int = 4
+    frames: int | None = None
+    seed: int = 0
+    views: int | None = None
+
+
+def run_one(spec: RunSpec, loaded: LoadedModel | None = None,
+            progress: Callable[[int], None] | None = None) -> tuple[list[dict], dict]:
+    """Resolve ``spec`` (``loaded``: its model, already loaded) and run it clip by clip in memory: ``(records,
+    row)``. A configuration the engine refuses, or a failing clip, raises (one configuration: nothing to go on
+    with)."""
+    loaded = loaded or load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size,
+                                  seed=spec.seed)
+    dataset = open_data(spec, loaded)
+    loaded.engine(spec.config)  # a refused configuration is a one-line error here
+    job = resolve(loaded, spec.config, spec.sampling, row_columns(loaded, spec))
+    records: list[dict] = []
+    stream(loaded, dataset, [job], clip_indices(dataset, spec.clips), emit=records.append, max_frames=spec.frames,
+           progress=progress, strict=True)
+    row = build_row(loaded, job, {r["clip"]: r for r in records}, views=getattr(dataset, "views", 1))
+    if row["error"]:
+        raise TokbenchError(row["error"])
+    return records, row
 
 
 def resolve(loaded: LoadedModel, config: MethodConfig, sampling: int, experiment: dict) -> Job:
