@@ -16,7 +16,7 @@ from tokbench.flop_table import keep_ratio
 from tokbench.models.zoo import LoadedModel, load_model
 from tokbench.pipeline import build_row, clip_indices, complete, resolve, stream
 from tokbench.policies import BASELINES
-from tokbench.records import RecordWriter, all_records, finished_pairs, merge, records_path
+from tokbench.records import RecordWriter, finished_pairs, job_records, records_path
 from tokbench.results import append_row, check_experiment, finished_ids, prepare_out_dir, provenance, write_meta
 
 GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
@@ -137,15 +137,11 @@ def run_ablation(
     distributed.barrier()  # every rank's records are on disk
     if not distributed.is_main():
         return []
-    by_job: dict[str, dict[int, dict]] = {j.config_id: {} for j in needed}
-    for (cid, c), record in merge(all_records(out)).items():
-        if cid in by_job and c in indices:
-            by_job[cid][c] = record
     views = getattr(dataset, "views", 1)
-    dense = {j.sampling: by_job[j.config_id] for j in needed if j.dense}
+    dense = {j.sampling: job_records(out, j.config_id, indices) for j in needed if j.dense}
     written = []
-    for job in todo:
-        records = by_job[job.config_id]
+    for job in todo:  # one configuration's records in memory at a time (besides the dense ones)
+        records = dense[job.sampling] if job.dense else job_records(out, job.config_id, indices)
         if not job.error and not complete(job, records, indices):
             continue  # not every clip ran (a rank stopped early): the rerun resumes it
         row = build_row(loaded, job, records, views=views, dense=dense.get(job.sampling), sample=sample)

@@ -83,6 +83,28 @@ def merge(records: Iterable[dict]) -> dict[tuple[str, int], dict]:
     return merged
 
 
+def job_records(out: Path, config_id: str, clips: Iterable[int]) -> dict[int, dict]:
+    """One configuration's records of ``clips`` (clip -> record, merged over ranks); other configurations' lines
+    are skipped unparsed (a record's line starts with its ``config_id``), so memory holds one configuration."""
+    prefix = '{"config_id":' + json.dumps(config_id)
+    wanted = set(clips)
+    lines = (line for path in sorted(out.glob(PATTERN)) for line in _lines(path) if line.startswith(prefix))
+    records = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec["clip"] in wanted:
+            records.append(rec)
+    return {clip: rec for (_, clip), rec in merge(records).items()}
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open() as f:
+        yield from (line for line in f if line.endswith("\n"))
+
+
 def finished_pairs(out: Path) -> set[tuple[str, int]]:
     """(config_id, clip) pairs with a record and no error (records are read one at a time, not kept)."""
     return {(rec["config_id"], rec["clip"]) for rec in all_records(out) if not rec.get("error")}
