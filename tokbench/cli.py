@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from enum import Enum
@@ -159,7 +160,9 @@ def ablate(
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
         data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views,
     )
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console)
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 draws progress
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                   disable=quiet)
     job = bar.add_task("frames", total=None)
 
     def on_config(label: str, clips: int) -> None:
