@@ -101,7 +101,7 @@ def _stream(engine: StreamingEngine, dataset, loaded: LoadedModel, sampling: int
     num_clips = len(dataset) if max_clips is None else min(max_clips * _views(dataset), len(dataset))
     for c in range(num_clips):
         clip = dataset[c]
-        state = engine.new_state()
+        state = engine.new_state(c)
         steps = []
         for i in _indices(clip.frames.shape[0], sampling, max_frames, t):
             frames = loaded.steps(clip.frames[i : i + t], clip.valid_hw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from enum import Enum
@@ -159,18 +160,26 @@ def ablate(
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
         data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views,
     )
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console)
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 draws progress
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                   disable=quiet)
     job = bar.add_task("frames", total=None)
 
     def on_config(label: str, clips: int) -> None:
         bar.start()  # only once a configuration runs, so input errors print nothing but their line
         bar.update(job, description=label, completed=0)
 
+    from tokbench import distributed
+
     try:
         run_ablation(spec, out, on_frames=lambda n: bar.advance(job, n), on_config=on_config)
     finally:
         if bar.live.is_started:
             bar.stop()
+    main_rank = distributed.is_main()
+    distributed.finish()
+    if not main_rank:  # under torchrun, rank 0 writes the table
+        return
     text = markdown(out)
     (out / "ablation.md").write_text(text)
     ablation_plot(out, out / "ablation.png")
@@ -389,22 +398,21 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
 ) -> None:
     """Run one configuration; per-frame JSON lines, then a summary line."""
-    from tokbench.ablate import DEFAULT_MODEL, AblationSpec, open_data, row_identity
-    from tokbench.benchmark import run_model
     from tokbench.config import MethodConfig, parse_set
+    from tokbench.experiment import DEFAULT_MODEL
     from tokbench.flop_table import keep_ratio
     from tokbench.models.zoo import load_model
-    from tokbench.results import config_id
+    from tokbench.pipeline import RunSpec, run_one
 
     loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed)
     ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
     config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
         policy=policy, window=window, keep_ratio=ratio, reset_every=reset, seed=seed, rollout_pool=rollout_pool)))
-    dataset = open_data(AblationSpec(task=task.value, data=data, clips=videos, seed=seed, views=views), loaded)
-    identity = row_identity(config, loaded, AblationSpec(data=data, clips=videos, seed=seed, views=views), sampling)
-    result = run_model(loaded, dataset, config, sampling=sampling, max_clips=videos)
-    summary = {"config_id": config_id(identity), **identity, "convention": "fvcore", **result.summary, "error": ""}
-    lines = [json.dumps({"config_id": summary["config_id"], **r}) for r in result.frames]
+    spec = RunSpec(config=config, sampling=sampling, task=task.value, model=model, checkpoint=checkpoint, data=data,
+                   clips=videos, seed=seed, views=views)
+    records, row = run_one(spec, loaded)
+    summary = {k: v for k, v in row.items() if k != "wall_s"}
+    lines = [json.dumps({"config_id": row["config_id"], **f}) for r in records for f in r["frames"]]
     lines.append(json.dumps({"summary": summary}))
     if out:
         out.write_text("\n".join(lines) + "\n")

@@ -120,6 +120,11 @@ def scatter_tokens(buf: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dim:
     return buf.scatter_(dim, idx.view(view).expand(src.shape), src)
 
 
+def clip_seed(seed: int, clip: int) -> int:
+    """The random policy's seed for clip ``clip`` (its dataset index) of a run seeded ``seed``."""
+    return seed * 1_000_003 + clip + 1
+
+
 class StreamingEngine:
     """Pruned (or dense) streaming inference of a timm ViT over clips.
 
@@ -140,7 +145,6 @@ class StreamingEngine:
         self.cut_block = cfg.prune_block if cfg.cut == "block0" else None  # None: the cut is before block 0
         self.explicit = cfg.sdpa_flops == "explicit"
         self._check()
-        self._clips = 0
         self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds spent in select / rollout
 
     def _check(self) -> None:
@@ -169,14 +173,14 @@ class StreamingEngine:
         yield
         self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
-    def new_state(self) -> ClipState:
-        """Fresh per-clip state; the random policy's generator is seeded by (seed, clip number)."""
-        self._clips += 1
-        return ClipState(rng=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._clips))
+    def new_state(self, clip: int = 0) -> ClipState:
+        """Fresh per-clip state for the clip with index ``clip`` in its dataset: the random policy's generator is
+        seeded by (seed, clip index) alone, so a clip's keep sets never depend on which clips ran before it."""
+        return ClipState(rng=torch.Generator().manual_seed(clip_seed(self.config.seed, clip)))
 
-    def run_clip(self, frames: Iterable[torch.Tensor]) -> list[FrameRecord]:
+    def run_clip(self, frames: Iterable[torch.Tensor], clip: int = 0) -> list[FrameRecord]:
         """Run frames ``[B, 3, H, W]`` (an iterable, or a ``[T, B, 3, H, W]`` tensor) with fresh state."""
-        state = self.new_state()
+        state = self.new_state(clip)
         return [self.step(frame, state) for frame in frames]
 
     @torch.inference_mode()

@@ -15,7 +15,8 @@ def map50(predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, to
     """
     from torchmetrics.detection import MeanAveragePrecision
 
-    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
+    # computed once over every frame by one process: never gathered across a torchrun process group
+    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", sync_on_compute=False)
     metric.update([{k: v.detach().cpu() for k, v in p.items()} for p in predictions],
                   [{k: v.detach().cpu() for k, v in t.items()} for t in targets])
     return 100.0 * float(metric.compute()["map_50"])

@@ -1,8 +1,9 @@
-"""Result rows and provenance: one tidy row per configuration, appended as soon as it finishes.
+"""Result rows and provenance: one tidy row per configuration, appended once all its clips have records.
 
-``rows.csv`` is the ground truth of an output folder: a re-run reads the ``config_id`` column and skips what
-is done, so an interrupted grid loses at most the configuration in progress. ``meta.json`` records versions,
-device, threads, seeds and the fully resolved configuration.
+``rows.csv`` holds the finished configurations of an output folder: a re-run reads the ``config_id`` column and
+skips what is done; what is not yet done resumes from the per-clip records (``tokbench.records``), so an
+interrupted grid loses at most the clip in progress. ``meta.json`` records versions, device, threads, seeds and the
+fully resolved configuration.
 """
 
 from __future__ import annotations
