@@ -168,12 +168,16 @@ def test_models_lists_the_shipped_models():
         assert name in result.output
     # either a trained model card (dense metric) or the "missing; train it" note, never a crash
     assert "dense" in result.output or "missing" in result.output
+    for name in ("vitdet_b", "vivit_b_k400", "vivit_b_epic", "any timm ViT name"):
+        assert name in result.output
 
 
 def test_datasets_lists_both_benchmarks():
     result = runner.invoke(cli.app, ["datasets"])
     assert result.exit_code == 0, result.output
     assert "synthvid" in result.output and "synthaction" in result.output
+    for name in ("sample:bikes", "sample:bigbuckbunny", "sample:carphone", "vid:ROOT", "csv:LABELS.csv"):
+        assert name in result.output
 
 
 # ---------------------------------------------------------------------------------------------- tokbench.results

