@@ -180,3 +180,33 @@ def test_set_refuses_options_that_have_their_own_flag(item, tmp_path, run_cli):
 def test_a_second_value_for_a_single_value_option_is_a_usage_error(args, run_cli):
     code, _, err = run_cli(*args)
     assert code == 2, err
+
+
+def test_pretrained_weights_load_through_timm_and_are_identified(tmp_path):
+    import timm
+
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=32)
+    path = tmp_path / "hub.pth"
+    torch.save(reference.state_dict(), path)  # timm's file override of the pretrained config stands in for the hub
+    loaded = load_model("vit_tiny_patch16_224", img_size=32, pretrained=True, pretrained_overlay={"file": str(path)})
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    assert loaded.weights.startswith("pretrained:timm/vit_tiny_patch16_224") and len(loaded.weights.split("@")[1]) == 64
+
+
+def test_pretrained_offline_is_one_line_that_points_to_checkpoint(monkeypatch, tmp_path, run_cli):
+    import timm
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load this file.\nCheck your connection.")
+        return create(name, **kwargs)
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    code, _, err = run_cli("flops", *TINY, "--pretrained")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "--checkpoint" in lines[0] and "OSError" in lines[0], err
+    code, _, err = run_cli("flops", *TINY, "--pretrained", "--checkpoint", str(tmp_path / "w.pth"))
+    assert code == 1 and "give one" in err
+    code, _, err = run_cli("flops", "--model", "synthvid-det", "--pretrained")
+    assert code == 1 and "takes --checkpoint" in err

@@ -45,6 +45,7 @@ class AblationSpec:
     seed: int = 0  # data, method (random policy) and random-init weights
     overrides: dict[str, object] = field(default_factory=dict)  # --set KEY=VALUE, applied to every configuration
     views: int | None = None  # video classification views per video (1 or 12); None: 12 for csv: data, else 1
+    pretrained: bool = False  # a timm model's hub weights (timm's loading and cache)
 
 
 def expand(spec: AblationSpec, kind: str | None = None) -> list[MethodConfig]:
@@ -90,7 +91,8 @@ def run_ablation(
     if any(s < 1 for s in spec.sampling):
         raise ConfigError(f"frame strides must be >= 1, got {spec.sampling}")
     distributed.init()
-    loaded = load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size, seed=spec.seed)
+    loaded = load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size, seed=spec.seed,
+                        pretrained=spec.pretrained)
     num_patches = loaded.backbone.patch_embed.num_patches
     keeps = spec.knobs.get("keep_ratio") or []
     spec = replace(spec, knobs=spec.knobs | {"keep_ratio": [keep_ratio(k, num_patches) for k in keeps] or None})

@@ -120,10 +120,14 @@ def train(
 
 
 ModelOption = Annotated[str | None, typer.Option(
-    help="Shipped model (tokbench models) or any timm ViT name (random init unless --checkpoint).")]
+    help="Shipped model (tokbench models) or any timm ViT name (random init from --seed unless --checkpoint or "
+         "--pretrained).")]
 PoolOption = Annotated[int | None, typer.Option(
     help="Rollout pooling p in 1, 2, 4 (p x p cells; dense tasks). Default 1; the paper convention of flops "
          "defaults to 2 for vitdet_b with --preset reference, as the paper counts.")]
+PretrainedOption = Annotated[bool, typer.Option(
+    "--pretrained", help="A timm model with its hub weights, through timm's own loading and local cache (e.g. "
+                         "--model vit_small_patch14_dinov2.lvd142m --pretrained); offline, pass --checkpoint.")]
 CheckpointOption = Annotated[Path | None, typer.Option(help="Weights file (.pth/.pt/.safetensors) for --model.")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Any method option, KEY=VALUE, repeatable (docs/method.md#10-options-and-presets), e.g. --set "
@@ -153,6 +157,7 @@ def ablate(
     task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
+    pretrained: PretrainedOption = False,
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
     data: DataOption = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
@@ -180,7 +185,7 @@ def ablate(
                "head_fusion": head_fusion, "similarity": similarity, "fg_ratio": fg_ratio, "bg_ratio": bg_ratio,
                "policy": policy},
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
-        data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views,
+        data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views, pretrained=pretrained,
     )
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 draws progress
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
@@ -265,6 +270,7 @@ def flops(
     model: Annotated[str, typer.Option(help="Shipped model, any timm ViT name, or (paper convention) vitdet_b, "
                                             "vivit_b_k400, vivit_b_epic.")] = "synthvid-det",
     checkpoint: Annotated[Path | None, typer.Option(help="Weights file (.pth/.safetensors) for the model.")] = None,
+    pretrained: PretrainedOption = False,
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size (timm and paper models).")] = None,
     keep: Annotated[list[float] | None, typer.Option(
         help="Keep ratios in (0, 1], or token counts (> 1); one row per value (default 0.111).")] = None,
@@ -302,7 +308,7 @@ def flops(
         if model not in flop_table.PAPER_MODELS:
             from tokbench.models.zoo import load_model
 
-            loaded = load_model(model, checkpoint, img_size)
+            loaded = load_model(model, checkpoint, img_size, pretrained=pretrained)
         paper = flop_table.paper_model(model, img_size, loaded)
         rows = flop_table.paper_rows(paper, keeps, **grid, full_fraction=full_fraction, rollout_pool=pool)
         title = f"{model}: GMACs per {rows[0]['unit']}, {flop_table.PAPER_CONVENTION}"
@@ -312,7 +318,7 @@ def flops(
 
     if full_fraction is not None:
         raise TokbenchError("--full-fraction applies to --convention paper only")
-    loaded = load_model(model, checkpoint, img_size)
+    loaded = load_model(model, checkpoint, img_size, pretrained=pretrained)
     rows = flop_table.flop_rows(loaded, keeps, **grid, by_operator=by_operator)
     title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}: GMACs per {rows[0]['unit']}, "
              f"{flop_table.CONVENTION}")
@@ -331,6 +337,7 @@ def flops(
 def bench(
     model: Annotated[str, typer.Option(help="Shipped model or any timm ViT name.")] = "synthvid-det",
     checkpoint: CheckpointOption = None,
+    pretrained: PretrainedOption = False,
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
     keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
     policy: Annotated[list[str] | None, typer.Option(help="Policies to time (default: rgtp grid).")] = None,
@@ -364,7 +371,7 @@ def bench(
         raise TokbenchError("--device cuda, but torch sees no CUDA device")
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_model(model, checkpoint, img_size, seed=seed)
+    loaded = load_model(model, checkpoint, img_size, seed=seed, pretrained=pretrained)
     num_patches = loaded.backbone.patch_embed.num_patches
     keeps = [keep_ratio(k, num_patches) for k in (keep or [0.25])]
     base = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
@@ -403,6 +410,7 @@ def run(
     task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
+    pretrained: PretrainedOption = False,
     data: DataOption = None,
     window: Annotated[int | None, typer.Option(min=0, help="Tracking window r (default 1).")] = None,
     keep: Annotated[float | None, typer.Option(
@@ -426,7 +434,7 @@ def run(
     from tokbench.models.zoo import load_model
     from tokbench.pipeline import RunSpec, run_one
 
-    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed)
+    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed, pretrained=pretrained)
     ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
     config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
         policy=policy, window=window, keep_ratio=ratio, reset_every=reset, seed=seed, rollout_pool=rollout_pool)))

@@ -2,7 +2,8 @@
 
 ``load_model`` returns a ``LoadedModel``: the whole model, the timm ViT the engine prunes, what its output is
 (``detect``, ``action``, ``classify`` or ``features``), and how to build an engine for a method configuration.
-timm models are created with ``pretrained=False``: nothing is downloaded; weights come from ``--checkpoint``.
+timm models are created with ``pretrained=False`` (nothing is downloaded; weights come from ``--checkpoint``)
+unless ``--pretrained`` asks for timm's own pretrained loading.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from tokbench import compat
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
-from tokbench.errors import ConfigError, unknown_name
+from tokbench.errors import ConfigError, TokbenchError, unknown_name
 from tokbench.models import SHIPPED, WEIGHTS_DIR, load_shipped, model_card
 from tokbench.models.action import VIVIT_B, to_steps
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
@@ -125,18 +126,50 @@ def wrap_model(name: str, model: nn.Module) -> LoadedModel:
     return LoadedModel(name, kind, model.eval(), backbone, tuple(backbone.patch_embed.img_size), tubelet=tubelet)
 
 
-def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None, seed: int = 0) -> LoadedModel:
+def load_model(name: str, checkpoint: Path | None = None, img_size: int | None = None, seed: int = 0,
+               pretrained: bool = False, pretrained_overlay: dict | None = None) -> LoadedModel:
     """Resolve ``name``: a shipped model (``tokbench models``) or any timm ViT name.
 
     Randomly initialised weights (a timm name or paper model without ``checkpoint``) are drawn from ``seed``, so the
-    same command builds the same model; ``LoadedModel.weights`` names them.
+    same command builds the same model; ``LoadedModel.weights`` names them. ``pretrained`` loads a timm model's hub
+    weights through timm's own loading (and its local cache); ``pretrained_overlay`` is passed to timm as
+    ``pretrained_cfg_overlay`` (e.g. ``{"file": path}``: timm's file override of the pretrained config).
     """
-    loaded = _load_model(name, checkpoint, img_size, seed)
-    loaded.weights = weights_identity(name, checkpoint, seed)
+    if pretrained and checkpoint is not None:
+        raise ConfigError("--pretrained and --checkpoint both name the weights; give one")
+    if pretrained and (name in SHIPPED or name in VIVIT_B or name in PAPER_BACKBONES):
+        raise ConfigError(f"--pretrained applies to timm model names; {name} takes --checkpoint")
+    loaded = _load_model(name, checkpoint, img_size, seed, (pretrained_overlay or {}) if pretrained else None)
+    loaded.weights = (f"pretrained:{loaded.model.pretrained_cfg.get('hf_hub_id') or name}@{state_sha256(loaded.model)}"
+                      if pretrained else weights_identity(name, checkpoint, seed))
     return loaded
 
 
-def _load_model(name: str, checkpoint: Path | None, img_size: int | None, seed: int) -> LoadedModel:
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, shapes and bytes, in key order): the identity of loaded weights."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _create_pretrained(name: str, overlay: dict, kwargs: dict) -> nn.Module:
+    """A timm model with its pretrained weights (hub, timm's cache, or the overlay's file); one-line errors."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None, **kwargs)
+    except Exception as err:  # hub, network and cache errors come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TokbenchError(
+            f"cannot load pretrained weights of {name} ({type(err).__name__}: {first[:200]}); offline without a "
+            "cached copy? Download them elsewhere and pass --checkpoint FILE") from None
+
+
+def _load_model(name: str, checkpoint: Path | None, img_size: int | None, seed: int,
+                overlay: dict | None = None) -> LoadedModel:
     compat.ensure_torchvision()
     if name in SHIPPED:
         if img_size is not None:
@@ -172,10 +205,13 @@ def _load_model(name: str, checkpoint: Path | None, img_size: int | None, seed: 
     kwargs = {"img_size": img_size} if img_size else {}
     if state is not None:
         kwargs["num_classes"] = head_classes(state)
-    try:
-        model = _seeded(seed, lambda: timm.create_model(name, pretrained=False, **kwargs))
-    except (TypeError, ValueError, AssertionError) as err:
-        raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from None
+    if overlay is not None:
+        model = _seeded(seed, lambda: _create_pretrained(name, overlay, kwargs))
+    else:
+        try:
+            model = _seeded(seed, lambda: timm.create_model(name, pretrained=False, **kwargs))
+        except (TypeError, ValueError, AssertionError) as err:
+            raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from None
     if state is not None:
         load_state(model, state, str(checkpoint))
     vit = adapter_for(model)  # raises for anything tokbench cannot drive
