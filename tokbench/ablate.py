@@ -11,9 +11,9 @@ from pathlib import Path
 from tokbench import distributed
 from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError, DataError
-from tokbench.experiment import DEFAULT_MODEL, open_data, row_columns, training_note
+from tokbench.experiment import DEFAULT_MODEL, experiment_of, open_data, row_columns, training_note
 from tokbench.flop_table import keep_ratio
-from tokbench.models.zoo import LoadedModel, load_model
+from tokbench.models.zoo import load_model
 from tokbench.pipeline import build_row, clip_indices, complete, resolve, stream
 from tokbench.policies import BASELINES
 from tokbench.records import RecordWriter, finished_pairs, job_records, records_path
@@ -152,22 +152,6 @@ def run_ablation(
         if on_row:
             on_row(row)
     return written
-
-
-def experiment_of(spec: AblationSpec, loaded: LoadedModel, dataset) -> dict:
-    """What makes rows comparable in one table: model, weights, input size, data and its generator version."""
-    data = dataset.spec()
-    return {"command": "ablate", "model": loaded.name, "weights": loaded.weights, "img_size": list(loaded.img_size),
-            "task": loaded.kind,
-            "data": spec.data or "synthetic", "data_name": data.get("name"),
-            "data_version": data.get("spec_version"), "data_seed": spec.seed, "clips": spec.clips,
-            "views": getattr(dataset, "views", 1),
-            "frames_per_clip_limit": spec.frames}
-
-
-def row_identity(config: MethodConfig, loaded: LoadedModel, spec: AblationSpec, sampling: int) -> dict:
-    """The columns that name a row: the resolved method options (never ``auto``), sampling and the experiment."""
-    return resolve(loaded, config, sampling, row_columns(loaded, spec)).identity
 
 
 def label(config: MethodConfig) -> str:

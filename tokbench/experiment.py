@@ -66,6 +66,15 @@ def row_columns(loaded: LoadedModel, spec) -> dict:
             "data": spec.data or "synthetic", "clips": spec.clips, "frames_per_clip_limit": spec.frames}
 
 
+def experiment_of(spec, loaded: LoadedModel, dataset) -> dict:
+    """What makes rows comparable in one ``--out`` folder: the rows' experiment columns (less the checkpoint path,
+    which ``weights`` identifies), the input size, the data generator's name and version, the seed and views."""
+    data = dataset.spec()
+    columns = {k: v for k, v in row_columns(loaded, spec).items() if k != "checkpoint"}
+    return {"command": "ablate", **columns, "img_size": list(loaded.img_size), "data_name": data.get("name"),
+            "data_version": data.get("spec_version"), "data_seed": spec.seed, "views": getattr(dataset, "views", 1)}
+
+
 def training_note(loaded: LoadedModel) -> str:
     """Whether the pruned results are training-free (docs/method.md 11): the paper's classification numbers use a
     temporal encoder and classifier fine-tuned on pruned outputs; tokbench's own runs use none."""
