@@ -212,24 +212,40 @@ def _pyplot():
     return plt
 
 
+POLICY_COLORS = {"rgtp": "tab:blue", "dense": "black", "random": "tab:gray", "grid": "tab:olive",
+                 "cls-attn": "tab:purple", "eventful": "tab:green", "boxmask": "tab:red"}
+KNOB_LABELS = {"window": "tracking window r", "keep_ratio": "keep ratio", "reset_every": "reset interval k",
+               "fg_ratio": "foreground ratio φ", "bg_ratio": "background ratio β"}
+
+
 def knob_plot(rows: pd.DataFrame, knob: str, path: Path, metric: str | None = None) -> None:
-    """The metric against one RGTP knob, a line per frame sampling; dense and baselines as horizontal lines."""
+    """The metric against one RGTP knob, a panel per frame sampling; dense and each baseline as a horizontal line
+    in its own colour (the same in every panel); the legend outside the data."""
     plt = _pyplot()
     metric = metric or metric_of(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {"dense": "--", "random": ":", "grid": "-.", "cls-attn": (0, (3, 1, 1, 1)), "eventful": (0, (5, 2)),
-              "boxmask": (0, (1, 2))}
-    for sampling, group in rows.groupby("sampling"):
+    samplings = sorted(rows["sampling"].unique())
+    fig, axes = plt.subplots(1, len(samplings), figsize=(4.2 * len(samplings) + 1.6, 3.8), squeeze=False,
+                             sharey=True)
+    for ax, sampling in zip(axes[0], samplings, strict=True):
+        group = rows[rows["sampling"] == sampling]
         rgtp = group[group["policy"] == "rgtp"].groupby(knob)[metric].mean()
-        (line,) = ax.plot(rgtp.index, rgtp.values, marker="o", label=f"RGTP, 1/{int(sampling)}")
-        for policy, other in group[group["policy"] != "rgtp"].groupby("policy"):
-            ax.axhline(other[metric].mean(), ls=styles.get(policy, "--"), color=line.get_color(), alpha=0.6,
-                       label=f"{policy}, 1/{int(sampling)}")
-    ax.set_xlabel(knob)
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        ax.plot(rgtp.index, rgtp.values, marker="o", color=POLICY_COLORS["rgtp"], label="RGTP")
+        others = group[group["policy"] != "rgtp"].groupby("policy")[metric].mean()
+        for policy in sorted(others.index, key=lambda p: POLICY_ORDER.index(p) if p in POLICY_ORDER else 99):
+            ax.axhline(others[policy], color=POLICY_COLORS.get(policy, "tab:brown"),
+                       ls="--" if policy == "dense" else "-", lw=1.2, alpha=0.8, label=policy)
+        if pd.api.types.is_integer_dtype(rgtp.index) or all(float(v).is_integer() for v in rgtp.index):
+            ax.set_xticks([int(v) for v in rgtp.index])
+        ax.set_title(f"1/{int(sampling)} frame sampling")
+        ax.set_xlabel(KNOB_LABELS.get(knob, knob))
+        ax.grid(alpha=0.3)
+    values = rows.groupby(["sampling", "policy", knob], dropna=False)[metric].mean().dropna()
+    pad = 0.05 * max(values.max() - values.min(), 1.0)
+    axes[0][0].set_ylim(values.min() - pad, values.max() + pad)  # horizontal lines do not widen the limits
+    axes[0][0].set_ylabel(METRIC_DISPLAY.get(metric, (metric,))[0])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
