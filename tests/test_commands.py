@@ -240,17 +240,17 @@ def test_imagenet_vid_runs_with_a_30_class_detector(tmp_path):
     from test_video_data import write_vid
 
     from tokbench.ablate import AblationSpec, open_data
-    from tokbench.benchmark import run_model
     from tokbench.config import MethodConfig
     from tokbench.models.detector import DetectorSpec, ViTDetector
     from tokbench.models.zoo import wrap_model
+    from tokbench.pipeline import evaluate
 
     write_vid(tmp_path / "vid")
     loaded = wrap_model("vid-det", ViTDetector(DetectorSpec(num_classes=30, img_size=64, depth=2)))
     data = open_data(AblationSpec(task="detect", data=f"vid:{tmp_path / 'vid'}", clips=1), loaded)
     assert data.frames_dir.name == "val" and data[0].frames.shape == (4, 3, 64, 64)
-    result = run_model(loaded, data, MethodConfig(keep_ratio=0.25))
-    assert len(result.frames) == 4 and 0 <= result.summary["map50"] <= 100
+    [result] = evaluate(loaded, data, [MethodConfig(keep_ratio=0.25)])
+    assert len(result.frames) == 4 and 0 <= result.row["map50"] <= 100
 
 
 # ------------------------------------------------------------------------------------------------------- report

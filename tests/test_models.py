@@ -112,19 +112,19 @@ def test_detector_training_loss_falls():
 
 
 def test_end_to_end_runs_give_records_and_summaries():
-    from tokbench.benchmark import run_action, run_detection
     from tokbench.data import SyntheticAction, SyntheticDetection
-    from tokbench.models import load_shipped
+    from tokbench.models.zoo import load_model, wrap_model
+    from tokbench.pipeline import evaluate
 
-    det = run_detection(load_shipped("synthvid-det"), SyntheticDetection("val", num_clips=1, num_frames=9),
-                        MethodConfig(reset_every=4), max_clips=1)
+    [det] = evaluate(load_model("synthvid-det"), SyntheticDetection("val", num_clips=1, num_frames=9),
+                     [MethodConfig(reset_every=4)], videos=1)
     assert [f["kind"] for f in det.frames] == ["full"] + ["pruned"] * 3 + ["reset"] + ["pruned"] * 3 + ["reset"]
     assert det.frames[1]["kept_tokens"] == 44 and len(det.frames[1]["kept"]) == 44
-    assert 0 <= det.summary["map50"] <= 100 and det.summary["frames_run"] == 9
-    act = run_action(ViViTFactorised().eval(), SyntheticAction("val", num_clips=2), MethodConfig(keep_ratio=0.3),
-                     sampling=2, max_clips=2)
-    assert act.summary["frames_run"] == 16 and {f["frame"] for f in act.frames} == set(range(0, 16, 2))
-    assert act.summary["top1"] in (0.0, 50.0, 100.0)
+    assert 0 <= det.row["map50"] <= 100 and det.row["frames_run"] == 9
+    [act] = evaluate(wrap_model("action", ViViTFactorised().eval()), SyntheticAction("val", num_clips=2),
+                     [MethodConfig(keep_ratio=0.3)], sampling=2, videos=2)
+    assert act.row["frames_run"] == 16 and {f["frame"] for f in act.frames} == set(range(0, 16, 2))
+    assert act.row["top1"] in (0.0, 50.0, 100.0)
 
 
 def test_sincos_position_embedding_known_values_and_frozen_in_the_action_model():

@@ -8,11 +8,12 @@ import pytest
 import torch
 from test_video_data import write_vid, write_video
 
-from tokbench.benchmark import run_model
 from tokbench.config import MethodConfig
 from tokbench.data import ImageNetVID, LabelledVideos, SyntheticAction
 from tokbench.models.action import ActionSpec, ViViTFactorised
 from tokbench.models.zoo import LoadedModel, load_model, wrap_model
+from tokbench.pipeline import evaluate, run_pair
+from tokbench.rows import video_logits
 
 
 def test_vitdet_normalises_with_imagenet_mean_and_std_on_the_255_scale():
@@ -39,14 +40,14 @@ def test_imagenet_vid_network_input_is_zero_padded_after_normalisation(tmp_path)
     # 300x200 frames at S = 64: 40x60 of picture, the rest must be exactly 0 in the network input
     data = ImageNetVID(write_vid(tmp_path, num_frames=2, width=300, height=200), size=64)
     loaded = load_model("vit_tiny_patch16_224", img_size=64)
-    result = run_model(loaded, data, MethodConfig(policy="dense"))
+    _, outputs = run_pair(loaded, loaded.engine(MethodConfig(policy="dense")), data[0], 0, 1, None, None)
     frames = data[0].frames[:]
     inputs = loaded.normalize(frames)
     inputs[:, :, 40:] = 0
     inputs[:, :, :, 60:] = 0
     with torch.no_grad():
         expected = loaded.model(inputs)
-    torch.testing.assert_close(result.outputs, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outputs, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +63,22 @@ def twelve_views(tmp_path_factory):
     return data, wrap_model("tiny-vivit", ViViTFactorised(spec).eval())
 
 
-def test_run_model_averages_the_logits_of_each_videos_twelve_views(twelve_views):
+def test_run_averages_the_logits_of_each_videos_twelve_views(twelve_views):
     data, loaded = twelve_views
-    dense = run_model(loaded, data, MethodConfig(policy="dense"))
+    dense, pruned = evaluate(loaded, data, [MethodConfig(policy="dense"), MethodConfig(keep_ratio=0.5, reset_every=0)])
     with torch.no_grad():
         per_view = torch.cat([loaded.model(loaded.normalize(data[c].frames)[None]) for c in range(len(data))])
-    assert dense.outputs.shape == (2, 3)  # one prediction per video
-    assert (dense.summary["clips_run"], dense.summary["videos_run"], dense.summary["frames_run"]) == (24, 2, 48)
-    torch.testing.assert_close(dense.outputs, per_view.view(2, 12, 3).mean(1), atol=1e-4, rtol=1e-4)
+    logits = video_logits(dense.records, views=12)
+    assert logits.shape == (2, 3)  # one prediction per video
+    assert (dense.row["clips_run"], dense.row["videos_run"], dense.row["frames_run"]) == (24, 2, 48)
+    torch.testing.assert_close(logits, per_view.view(2, 12, 3).mean(1), atol=1e-4, rtol=1e-4)
     expected_top1 = (per_view.view(2, 12, 3).mean(1).argmax(1) == torch.tensor([1, 2])).float().mean() * 100
-    assert dense.summary["top1"] == pytest.approx(float(expected_top1))
+    assert dense.row["top1"] == pytest.approx(float(expected_top1))
     assert len(dense.frames) == 24 * 2 and dense.frames[2]["clip"] == "a.mp4#t0s1"  # 2 tubelet steps per view
-    pruned = run_model(loaded, data, MethodConfig(keep_ratio=0.5, reset_every=0), reference=dense.outputs)
-    assert pruned.outputs.shape == (2, 3) and 0 <= pruned.summary["top1_agreement"] <= 100
-    first = run_model(loaded, data, MethodConfig(policy="dense"), max_clips=1)  # max_clips counts videos
+    assert 0 <= pruned.row["top1_agreement"] <= 100
+    [first] = evaluate(loaded, data, [MethodConfig(policy="dense")], videos=1)  # videos counts videos, not views
     assert len(first.frames) == 12 * 2
-    torch.testing.assert_close(first.outputs, dense.outputs[:1])
+    torch.testing.assert_close(video_logits(first.records, views=12), logits[:1])
 
 
 def test_summary_counts_pattern_resets_apart_from_full_frames():
@@ -86,14 +87,13 @@ def test_summary_counts_pattern_resets_apart_from_full_frames():
     loaded = wrap_model("tiny-vivit", ViViTFactorised(spec).eval())
     data = SyntheticAction("val", num_clips=2, num_frames=8, size=64)
     # 4 steps per clip, k = 2: t = 0 full, 1 pruned, 2 reset, 3 pruned
-    pattern = run_model(loaded, data, MethodConfig(keep_ratio=0.5, reset_every=2))  # classification: pattern
+    [pattern] = evaluate(loaded, data, [MethodConfig(keep_ratio=0.5, reset_every=2)])  # classification: pattern
     counts = ("frames_run", "frames_full", "frames_reset", "frames_pattern", "frames_pruned", "frac_full_frames",
               "frac_pattern_frames")
-    assert {k: pattern.summary[k] for k in counts} == {
+    assert {k: pattern.row[k] for k in counts} == {
         "frames_run": 8, "frames_full": 2, "frames_reset": 0, "frames_pattern": 2, "frames_pruned": 4,
         "frac_full_frames": 0.25, "frac_pattern_frames": 0.25}
     assert [r["pattern_reset"] for r in pattern.frames[:4]] == [False, False, True, False]
-    full = run_model(loaded, data, MethodConfig(keep_ratio=0.5, reset_every=2, reset_mode="full"))
-    assert (full.summary["frames_reset"], full.summary["frames_pattern"]) == (2, 0)
-    assert full.summary["frac_full_frames"] == 0.5 and full.summary["frac_pattern_frames"] == 0.0
-    assert "frames" not in full.summary and "wall_s" not in full.summary  # the ablation's columns, not ours
+    [full] = evaluate(loaded, data, [MethodConfig(keep_ratio=0.5, reset_every=2, reset_mode="full")])
+    assert (full.row["frames_reset"], full.row["frames_pattern"]) == (2, 0)
+    assert full.row["frac_full_frames"] == 0.5 and full.row["frac_pattern_frames"] == 0.0

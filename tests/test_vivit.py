@@ -3,11 +3,12 @@
 import torch
 import torch.nn.functional as F
 
-from tokbench.benchmark import _indices, run_model
 from tokbench.config import MethodConfig
 from tokbench.data import SyntheticAction
 from tokbench.models.action import ActionSpec, ViViTFactorised, to_steps
 from tokbench.models.zoo import load_model, wrap_model
+from tokbench.pipeline import evaluate, step_indices
+from tokbench.rows import video_logits
 
 
 def test_steps_make_a_2d_patch_embedding_a_tubelet_embedding():
@@ -24,9 +25,9 @@ def test_steps_make_a_2d_patch_embedding_a_tubelet_embedding():
 
 
 def test_step_indices_count_tubelets():
-    assert _indices(32, 1, None, 2) == list(range(0, 32, 2))
-    assert _indices(32, 4, None, 2) == [0, 8, 16, 24]
-    assert _indices(16, 1, 3) == [0, 1, 2]
+    assert step_indices(32, 1, None, 2) == list(range(0, 32, 2))
+    assert step_indices(32, 4, None, 2) == [0, 8, 16, 24]
+    assert step_indices(16, 1, 3) == [0, 1, 2]
 
 
 def test_paper_vivit_b_encoders():
@@ -45,11 +46,10 @@ def test_tubelet_model_through_the_engine_equals_its_forward():
     model = ViViTFactorised(spec).eval()
     data = SyntheticAction("val", num_clips=2, num_frames=6, size=64)
     loaded = wrap_model("tiny-vivit", model)
-    dense = run_model(loaded, data, MethodConfig(policy="dense"))
+    dense, pruned = evaluate(loaded, data, [MethodConfig(policy="dense"), MethodConfig(keep_ratio=0.25, reset_every=0)])
     with torch.no_grad():
         expected = model(torch.stack([loaded.normalize(c.frames) for c in data]))
-    assert torch.allclose(dense.outputs, expected, atol=1e-4)
+    assert torch.allclose(video_logits(dense.records), expected, atol=1e-4)
     assert len(dense.frames) == 2 * 3  # 3 steps of 2 frames per clip
-    pruned = run_model(loaded, data, MethodConfig(keep_ratio=0.25, reset_every=0), reference=dense.outputs)
     assert {r["kept_tokens"] for r in pruned.frames if r["kind"] == "pruned"} == {4}
-    assert 0 <= pruned.summary["top1_agreement"] <= 100
+    assert 0 <= pruned.row["top1_agreement"] <= 100

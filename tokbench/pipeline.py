@@ -20,16 +20,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tokbench.benchmark import _frame_row, _indices, _summary, per_video
 from tokbench.config import MethodConfig
-from tokbench.engine import clip_seed
-from tokbench.errors import DataError, TokbenchError
+from tokbench.engine import RESET, FrameRecord, clip_seed
+from tokbench.errors import ConfigError, TokbenchError
 from tokbench.experiment import DEFAULT_MODEL, open_data, row_columns
-from tokbench.flop_table import fvcore_kind_costs, fvcore_temporal_head_gmacs, unit_columns, unit_of
-from tokbench.metrics import kl_to_dense, map50, map50_vs_dense, top1, top1_agreement
 from tokbench.models.zoo import LoadedModel, load_model
-from tokbench.records import detections_from_json, detections_to_json
+from tokbench.records import detections_to_json
 from tokbench.results import config_id
+from tokbench.rows import build_row, complete
+
+__all__ = ["Job", "Run", "RunSpec", "build_row", "clip_indices", "complete", "evaluate", "resolve", "run_one",
+           "stream"]
 
 Emit = Callable[[dict], None]  # receives each finished record
 FIDELITY_IN_MEMORY = ("classify", "features")  # kinds whose fidelity needs the dense outputs of the clip itself
@@ -81,15 +82,55 @@ def run_one(spec: RunSpec, loaded: LoadedModel | None = None,
     loaded = loaded or load_model(spec.model or DEFAULT_MODEL[spec.task], spec.checkpoint, spec.img_size,
                                   seed=spec.seed)
     dataset = open_data(spec, loaded)
-    loaded.engine(spec.config)  # a refused configuration is a one-line error here
-    job = resolve(loaded, spec.config, spec.sampling, row_columns(loaded, spec))
-    records: list[dict] = []
-    stream(loaded, dataset, [job], clip_indices(dataset, spec.clips), emit=records.append, max_frames=spec.frames,
-           progress=progress, strict=True)
-    row = build_row(loaded, job, {r["clip"]: r for r in records}, views=getattr(dataset, "views", 1))
-    if row["error"]:
-        raise TokbenchError(row["error"])
-    return records, row
+    [run] = evaluate(loaded, dataset, [spec.config], sampling=spec.sampling, videos=spec.clips, frames=spec.frames,
+                     experiment=row_columns(loaded, spec), progress=progress)
+    return [run.records[c] for c in sorted(run.records)], run.row
+
+
+@dataclass
+class Run:
+    """One configuration's row and its per-clip records (dataset clip index -> record)."""
+
+    row: dict
+    records: dict[int, dict]
+
+    @property
+    def frames(self) -> list[dict]:
+        """Per-frame records of every clip, in clip order."""
+        return [f for c in sorted(self.records) for f in self.records[c]["frames"]]
+
+
+def evaluate(
+    loaded: LoadedModel,
+    dataset,
+    configs: list[MethodConfig],
+    *,
+    sampling: int = 1,
+    videos: int | None = None,
+    frames: int | None = None,
+    experiment: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Run]:
+    """Run ``configs`` on the first ``videos`` videos of ``dataset`` (at most ``frames`` steps each) in memory,
+    clip-major, and build their rows: labelled metrics where the data has labels, and, where a dense
+    configuration is among ``configs``, every other row's fidelity to it. A refused configuration or a failing
+    clip raises. ``experiment``: extra naming columns of the rows."""
+    jobs = []
+    for config in configs:
+        loaded.engine(config)  # a refused configuration is a one-line error here
+        jobs.append(resolve(loaded, config, sampling, experiment or {}))
+    records: dict[str, dict[int, dict]] = {j.config_id: {} for j in jobs}
+    stream(loaded, dataset, jobs, clip_indices(dataset, videos), max_frames=frames, progress=progress, strict=True,
+           emit=lambda r: records[r["config_id"]].__setitem__(r["clip"], r))
+    dense = next((records[j.config_id] for j in jobs if j.dense), None)
+    views = getattr(dataset, "views", 1)
+    runs = []
+    for job in jobs:
+        row = build_row(loaded, job, records[job.config_id], views=views, dense=dense)
+        if row["error"]:
+            raise TokbenchError(row["error"])
+        runs.append(Run(row, records[job.config_id]))
+    return runs
 
 
 def resolve(loaded: LoadedModel, config: MethodConfig, sampling: int, experiment: dict) -> Job:
@@ -111,6 +152,32 @@ def clip_indices(dataset, videos: int | None) -> range:
     """Dataset indices of the first ``videos`` videos (``dataset.views`` clips each)."""
     views = getattr(dataset, "views", 1)
     return range(len(dataset) if videos is None else min(videos * views, len(dataset)))
+
+
+def step_indices(num_frames: int, sampling: int, max_frames: int | None, tubelet: int = 1) -> list[int]:
+    """First frame of every step of a clip: every ``sampling``-th step of ``tubelet`` consecutive frames, at most
+    ``max_frames`` steps (docs/method.md 5: the engine's t counts the kept steps)."""
+    if sampling < 1:
+        raise ConfigError(f"frame stride must be >= 1, got {sampling}")
+    idx = list(range(0, num_frames - tubelet + 1, sampling * tubelet))
+    return idx if max_frames is None else idx[:max_frames]
+
+
+def frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float) -> dict:
+    """One step's per-frame record (JSON-ready)."""
+    return {
+        "clip": clip_id,
+        "frame": index,
+        "t": rec.t,
+        "kind": rec.kind,
+        # a reset that kept a fixed pattern (classification, docs/method.md 5) rather than every patch
+        "pattern_reset": rec.kind == RESET and getattr(rec, "pattern", rec.num_kept < rec.num_patches),
+        "kept_tokens": rec.num_kept,
+        "num_patches": rec.num_patches,
+        "kept": None if rec.kept is None else rec.kept[0].tolist(),
+        "step_ms": round(step_ms, 3),
+        "degenerate_heatmap": rec.degenerate_heatmaps,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- the runner
@@ -198,11 +265,11 @@ def run_pair(loaded: LoadedModel, engine, clip, index: int, sampling: int, max_f
     t = loaded.tubelet
     state = engine.new_state(index)
     frames, preds = [], []
-    for i in _indices(clip.frames.shape[0], sampling, max_frames, t):
+    for i in step_indices(clip.frames.shape[0], sampling, max_frames, t):
         x = loaded.steps(clip.frames[i : i + t], clip.valid_hw)
         start = time.perf_counter()
         rec = engine.step(x, state)
-        frames.append(_frame_row(clip.clip_id, i, rec, (time.perf_counter() - start) * 1000))
+        frames.append(frame_row(clip.clip_id, i, rec, (time.perf_counter() - start) * 1000))
         preds.append((i, rec.predictions))
         if progress:
             progress(1)
@@ -235,113 +302,3 @@ def run_pair(loaded: LoadedModel, engine, clip, index: int, sampling: int, max_f
     return record, outputs
 
 
-# ------------------------------------------------------------------------------------------------ rows from records
-
-
-def complete(job: Job, records: dict[int, dict], indices: Iterable[int]) -> bool:
-    """Whether ``records`` (clip -> record) hold a finished record of every clip, or an error."""
-    return any(r.get("error") for r in records.values()) or all(c in records for c in indices)
-
-
-def summarise(loaded: LoadedModel, job: Job, records: dict[int, dict], views: int = 1,
-              dense: dict[int, dict] | None = None) -> dict:
-    """Frame counts, timings and metrics of a job from its records (clip -> record, every clip run), like
-    ``benchmark.run_model``'s summary; ``dense`` the dense job's records at the same sampling (fidelity)."""
-    ordered = [records[c] for c in sorted(records)]
-    frames = [f for r in ordered for f in r["frames"]]
-    videos = [r["video"] for r in ordered]
-    if any(len(set(videos[v : v + views])) > 1 for v in range(0, len(videos), views)):
-        raise DataError(f"the dataset's clips do not come in runs of {views} views of one video")
-    summary = _summary(frames) | {"clips_run": len(ordered), "videos_run": len(ordered) // views}
-    fidelity = dense is not None and not job.dense and all(c in dense for c in records)
-    if loaded.kind == "detect":
-        preds = [detections_from_json(d) for r in ordered for d in r["detections"]]
-        if all("targets" in r for r in ordered):
-            summary["map50"] = map50(preds, [detections_from_json(d) for r in ordered for d in r["targets"]])
-        if fidelity:
-            reference = [detections_from_json(d) for c in sorted(records) for d in dense[c]["detections"]]
-            summary["map50_vs_dense"] = map50_vs_dense(preds, reference)
-    elif loaded.kind == "action":
-        logits, labels = torch.tensor([r["logits"] for r in ordered]), [r["label"] for r in ordered]
-        if views > 1:
-            logits, labels = per_video(logits, views), labels[::views]
-        if all(label is not None for label in labels):
-            summary["top1"] = top1(logits, torch.tensor(labels))
-        if fidelity:
-            reference = torch.tensor([dense[c]["logits"] for c in sorted(records)])
-            reference = per_video(reference, views) if views > 1 else reference
-            summary["top1_agreement"] = top1_agreement(logits, reference)
-            summary["kl_to_dense"] = kl_to_dense(logits, reference)
-    elif not job.dense and all("agree" in r for r in ordered):
-        n = len(frames)
-        summary["top1_agreement"] = 100.0 * sum(r["agree"] for r in ordered) / max(1, n)
-        summary["kl_to_dense"] = sum(r["kl_sum"] for r in ordered) / max(1, n)
-    elif not job.dense and all("cos_pooled_sum" in r for r in ordered):
-        for name in ("pooled", "tokens"):
-            n = sum(r[f"cos_{name}_n"] for r in ordered)
-            summary[f"cosine_{name}"] = sum(r[f"cos_{name}_sum"] for r in ordered) / max(1, n)
-    return summary
-
-
-def build_row(loaded: LoadedModel, job: Job, records: dict[int, dict], *, views: int = 1,
-              dense: dict[int, dict] | None = None, sample: torch.Tensor | None = None) -> dict:
-    """A job's row: naming columns, frame counts, metrics, GMACs (fvcore, traced on ``sample`` where given),
-    ``error`` (the first failed clip's, else empty) and ``wall_s`` (summed over its records)."""
-    row = {"config_id": job.config_id, **job.identity, "convention": "fvcore", "error": job.error}
-    failed = [r for c, r in sorted(records.items()) if r.get("error")]
-    if job.error or failed:
-        if failed:
-            row |= {"error": failed[0]["error"], "traceback": failed[0].get("traceback", "")}
-    else:
-        try:
-            summary = summarise(loaded, job, records, views, dense)
-            row |= summary
-            if sample is not None:
-                row |= cost_columns(loaded, job.config, kind_costs(loaded, job.config, sample), summary)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:
-            row |= {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=3)}
-    row["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in records.values()), 2)
-    return row
-
-
-# ----------------------------------------------------------------------------------------------------- GMACs
-
-
-_COSTS: dict[tuple[int, MethodConfig], dict] = {}
-_HEADS: dict[tuple[int, str], float] = {}
-
-
-def kind_costs(loaded: LoadedModel, config: MethodConfig, sample: torch.Tensor) -> dict:
-    """fvcore costs per frame kind of ``config`` (seed aside) traced on ``sample`` (one step of the data)."""
-    key = (id(loaded.model), config.replace(seed=0))
-    if key not in _COSTS:
-        _COSTS[key] = fvcore_kind_costs(loaded, loaded.engine(config).resolved, sample)[0]
-    return _COSTS[key]
-
-
-def cost_columns(loaded: LoadedModel, config: MethodConfig, per_kind: dict, summary: dict) -> dict:
-    """GMACs of the frames that ran (fvcore): per frame for detection (all frames, first and reset frames
-    included), per clip for classification (docs/method.md 8: views x (spatial steps + temporal encoder +
-    classifier), averaged over the videos run); per-kind costs and the overhead split in the same unit."""
-    counts = {"full": summary["frames_full"], "reset": summary["frames_reset"], "pattern": summary["frames_pattern"],
-              "pruned": summary["frames_pruned"]}
-    unit = unit_of(loaded)
-    if unit == "clip":
-        clips = max(1, summary.get("clips_run", 1))
-        views = clips / max(1, summary.get("videos_run", clips))
-        counts = {k: c / clips for k, c in counts.items()}
-        columns = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=_head_gmacs(loaded, config))
-    else:
-        columns = unit_columns(per_kind, counts, unit=unit)
-    kept = per_kind["pruned"] if "pruned" in per_kind else per_kind["full"]
-    return {"unit": unit, **columns, "keep_tokens": kept.kept_tokens}
-
-
-def _head_gmacs(loaded: LoadedModel, config: MethodConfig) -> float:
-    """fvcore GMACs of one view's temporal encoder + classifier (0 where each step carries its own head)."""
-    key = (id(loaded.model), config.sdpa_flops)
-    if key not in _HEADS:
-        _HEADS[key] = fvcore_temporal_head_gmacs(loaded, config.sdpa_flops)
-    return _HEADS[key]
