@@ -11,6 +11,7 @@ Three ways in:
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -172,10 +173,11 @@ def test_models_lists_the_shipped_models():
         assert name in result.output
 
 
-def test_datasets_lists_both_benchmarks():
+def test_datasets_lists_the_benchmarks():
     result = runner.invoke(cli.app, ["datasets"])
     assert result.exit_code == 0, result.output
-    assert "synthvid" in result.output and "synthaction" in result.output
+    for name in ("synthvid ", "synthvid-fast", "synthaction"):
+        assert name in result.output
     for name in ("sample:bikes", "sample:bigbuckbunny", "sample:carphone", "vid:ROOT", "csv:LABELS.csv"):
         assert name in result.output
 
@@ -300,3 +302,20 @@ def test_list_options_take_space_separated_values():
         "ablate", "--window", "0", "--window", "1", "--window", "2", "--window", "3", "--videos", "3"]
     assert expand_list_options(["ablate", "--window", "-1", "--keep", "0.1", "0.2"]) == [
         "ablate", "--window", "-1", "--keep", "0.1", "--keep", "0.2"]
+
+
+def test_datasets_stats_compare_a_benchmark_with_imagenet_vid():
+    from tokbench.data import detection_benchmark
+    from tokbench.data.motion import VID_VAL_REFERENCE
+    from tokbench.data.synthetic_detect import detection_stats
+
+    result = runner.invoke(cli.app, ["datasets", "--stats", "synthvid-fast", "--videos", "2", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    expected = detection_stats(detection_benchmark("synthvid-fast", num_clips=2))
+    assert out["benchmark"] == "synthvid-fast" and out["clips"] == 2 and out["imagenet_vid_val"] == VID_VAL_REFERENCE
+    assert out["statistics"]["fast_pct"] == pytest.approx(expected["fast_pct"])
+    slow = out["calibration"]["slow_pct"]
+    assert slow["ok"] == (abs(slow["measured"] - 37.9) <= 3.0)
+    bad = _tokbench("datasets", "--stats", "synthvidd")
+    assert bad.returncode == 1 and "synthvid" in bad.stderr and "Traceback" not in bad.stderr

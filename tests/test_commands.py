@@ -268,6 +268,14 @@ def test_report_reads_folders_and_writes_tables_and_plots(videos, tmp_path, run_
     assert "rgtp r=0" in text and "rgtp r=1" in text and "grid" in text and "dense" in text
     assert "cosine_pooled" in text or "top1_agreement" in text
     assert (tmp_path / "report" / "pareto_0.png").exists() and (tmp_path / "report" / "window_0.png").exists()
+    rows = _rows(out)
+    pruned = [r for r in rows if r["policy"] != "dense"]
+    metric = "top1_agreement"  # a timm classifier on unlabelled video: fidelity to dense
+    assert all(float(r[f"{metric}_ci_low"]) <= float(r[metric]) <= float(r[f"{metric}_ci_high"]) for r in pruned)
+    paired = list(csv.DictReader((out / "paired.csv").open()))
+    # fidelity is itself a comparison with dense (dense rows have none): RGTP against the baseline only
+    assert {(p["a"], p["b"]) for p in paired if p["metric"] == metric} == {("rgtp r=0", "grid"), ("rgtp r=1", "grid")}
+    assert "Paired differences" in (out / "ablation.md").read_text()
     line = _error(*run_cli("report", str(tmp_path / "nothing-here"))[::2])
     assert "rows.csv" in line
 
@@ -315,3 +323,22 @@ def test_bench_logs_each_timed_clip_and_an_interrupted_run_resumes(tmp_path, run
     timed = {row["name"]: row["steps_timed"] for row in json.loads(first)}
     assert {row["name"]: row["steps_timed"] for row in json.loads(out)} == timed
     assert timed["tokbench dense"] == 2 * 3 and timed["grid keep=0.25"] == 2 * 2  # frame 0 of a clip is full
+
+
+def test_bench_times_the_users_data_and_a_refused_configuration_becomes_a_row(videos, run_cli):
+    code, out, err = run_cli("bench", *TINY, "--keep", "0.25", "--policy", "rgtp", "--policy", "cls-attn",
+                             "--set", "cut=input", "--data", str(videos), "--frames", "3", "--repeats", "1",
+                             "--batch", "1", "--format", "json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["rgtp keep=0.25"]["error"] == "" and rows["rgtp keep=0.25"]["steps_timed"] == 2  # 3 steps, 1 full
+    refused = rows["cls-attn keep=0.25"]
+    assert "cls-attn" in refused["error"] and refused["cut"] == "input" and "step_ms_median" not in refused
+    assert rows["rgtp keep=0.25"]["config_id"] != refused["config_id"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where torch sees no GPU")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, run_cli):
+    code, _, err = run_cli("ablate", *TINY, "--policy", "rgtp", "--window", "1", "--sampling", "1", "--videos", "1",
+                           "--frames", "2", "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert "torch sees no CUDA device" in _error(code, err)

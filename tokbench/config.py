@@ -7,13 +7,12 @@ import typing
 from dataclasses import dataclass
 
 from tokbench.errors import ConfigError, unknown_name
-from tokbench.policies import BASELINES
+from tokbench.policies import POLICIES, policy
 from tokbench.rollout import HEAD_FUSIONS
 from tokbench.selection import ORDERS, RESET_PATTERNS, TIE_BREAKS, check_ratios
 from tokbench.tracking import BOUNDS, FEATURES, SIMILARITIES
 
 PRESETS = ("default", "reference", "robust")
-POLICIES = ("rgtp", "dense", *BASELINES)
 
 _PRESET_VALUES: dict[str, dict[str, object]] = {
     "default": {},
@@ -36,7 +35,7 @@ _PRESET_VALUES: dict[str, dict[str, object]] = {
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "policy": POLICIES,
+    "policy": tuple(POLICIES),
     "order": ORDERS,
     "tie_break": TIE_BREAKS,
     "similarity": SIMILARITIES,
@@ -96,7 +95,7 @@ class MethodConfig:
     pruned_score_fill: str = "auto"
     cut: str = "block0"  # block0: after block prune_block's attention + residual (reference); input: before block 0
     prune_block: int = 0  # the block whose attention + residual precedes the cut (cut=block0)
-    kv_reuse: str = "auto"  # auto: on for dense tasks (and eventful)
+    kv_reuse: str = "auto"  # auto: on for dense tasks (and policies that ask for it: eventful)
     window_queries: str = "all"  # windowed blocks after the cut: all queries of every window (reference), or kept
     sdpa_flops: str = "handle"  # handle: fused SDPA; explicit: every attention as q k^T, softmax, @ v
     anchor_score_thr: float = 0.1
@@ -132,20 +131,21 @@ class MethodConfig:
     def resolve(self, dense: bool, strict: bool = True) -> MethodConfig:
         """A copy with every ``auto`` replaced by what runs for a ``dense`` (or classification) task.
 
-        ``kv_reuse``: on for dense tasks and for eventful; ``reset_mode``: full for dense tasks, else pattern;
-        ``pruned_score_fill``: computed where every position gets a computed score, else nearest_kept. Raises
-        ``ConfigError`` for an explicit ``pruned_score_fill=computed`` where RGTP has no computed score (unless not
-        ``strict``: the resolved values of a configuration that will be reported as failed).
+        ``kv_reuse``: on for dense tasks and for policies that ask for it (eventful); ``reset_mode``: full for dense
+        tasks, else pattern; ``pruned_score_fill``: computed where every position gets a computed score, else
+        nearest_kept. Raises ``ConfigError`` for an explicit ``pruned_score_fill=computed`` where a rollout policy
+        (RGTP) has no computed score (unless not ``strict``: the resolved values of a configuration that will be
+        reported as failed).
         """
         kv = self.kv_reuse
         if kv == "auto":
-            kv = "on" if dense or self.policy == "eventful" else "off"
+            kv = "on" if dense or policy(self.policy).kv_reuse else "off"
         reset = self.reset_mode if self.reset_mode != "auto" else ("full" if dense else "pattern")
         computed = self.computed_scores(kv == "on")
         fill = self.pruned_score_fill
         if fill == "auto":
             fill = "computed" if computed else "nearest_kept"
-        if strict and fill == "computed" and not computed and self.policy == "rgtp":
+        if strict and fill == "computed" and not computed and policy(self.policy).rollout:
             raise ConfigError("pruned_score_fill=computed needs K/V reuse or block0_columns=keep at cut=block0; "
                               "pruned positions have no computed score here")
         return self.replace(kv_reuse=kv, reset_mode=reset, pruned_score_fill=fill)

@@ -26,6 +26,24 @@ def init() -> None:
         dist.init_process_group("gloo", timeout=TIMEOUT)
 
 
+def device(requested: str = "cpu"):
+    """The ``torch.device`` of this process: ``cuda`` means this rank's own GPU (``cuda:LOCAL_RANK`` under
+    torchrun); a one-line error where torch sees no CUDA device."""
+    import torch
+
+    from tokbench.errors import ConfigError
+
+    if not requested.startswith("cuda"):
+        return torch.device(requested)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}, but torch sees no CUDA device")
+    if requested == "cuda" and launched_by_torchrun():
+        requested = f"cuda:{os.environ['LOCAL_RANK']}"
+    dev = torch.device(requested)
+    torch.cuda.set_device(dev)
+    return dev
+
+
 def _dist():
     import torch.distributed as dist
 

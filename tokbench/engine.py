@@ -8,7 +8,7 @@ B clips in lockstep, N patches, P prefix tokens, N' = P + N, S = tokens in the s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,29 +16,24 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from tokbench.adapters import adapter_for
 from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError
-from tokbench.policies import (
-    boxmask_scores,
-    cls_attn_scores,
-    eventful_scores,
-    grid_indices,
-    random_indices,
-    top_n,
-)
+from tokbench.policies import Cut, Need, policy
 from tokbench.rollout import (
     block_matrices,
-    fuse_heads,
-    pool_attention,
-    pool_start,
-    residual_normalize,
-    rollout_vector_from,
-    sum_normalize,
+    gather_tokens,
+    patch_heatmap,
+    pooled_rows,
+    pooled_start,
+    propagate,
+    scatter_tokens,
+    shrinking_rollout,
     unpool_scores,
 )
 from tokbench.selection import kept_count, reset_pattern_indices, rollout_keep_indices
 from tokbench.tracking import track_scores
-from tokbench.vit import ViTAdapter, adapter_for
+from tokbench.vit import ViTAdapter
 
 FULL, RESET, PRUNED = "full", "reset", "pruned"
 
@@ -78,9 +73,8 @@ class ClipState:
     queries: dict[int, torch.Tensor] = field(default_factory=dict)  # windowed block -> Q [B, H, N', Ch] (all)
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> fused attention rows [B, N', N']
     output: torch.Tensor | None = None  # last computed output of every position [B, N', C]
-    reference: torch.Tensor | None = None  # eventful: patch embeddings when each token was last computed [B, N, C]
-    boxes: torch.Tensor | None = None  # boxmask: the previous frame's box mask [B, N]
-    rng: torch.Generator | None = None  # random: this clip's draws
+    memory: torch.Tensor | None = None  # the policy's own state (eventful: reference embeddings; boxmask: boxes)
+    rngs: tuple[torch.Generator, ...] = ()  # random: one generator per sample (one shared if made for one clip)
 
 
 @dataclass
@@ -95,6 +89,7 @@ class FrameRecord:
     predictions: Any
     heatmap: torch.Tensor | None = None  # s^t [B, N], the rollout of this frame
     degenerate_heatmaps: int = 0  # samples whose rollout was all-zero / non-finite (replaced by uniform)
+    degenerate: list[bool] | None = None  # per sample: whether its rollout was replaced (None: no rollout)
     pattern: bool = False  # a reset frame pruned with the fixed pattern (reset_mode=pattern), not fully processed
 
 
@@ -102,22 +97,6 @@ def _seq_index(keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """Sequence positions of prefix tokens + kept patches: ``[B, n]`` -> ``[B, P + n]``."""
     prefix = torch.arange(num_prefix, device=keep.device).expand(keep.shape[0], num_prefix)
     return torch.cat([prefix, keep + num_prefix], dim=1)
-
-
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Pick positions ``idx [B, K]`` along ``dim`` of ``x [B, ..., S, ...]`` (same index for every head/channel)."""
-    shape = list(x.shape)
-    shape[dim] = idx.shape[1]
-    view = [idx.shape[0]] + [1] * (x.ndim - 1)
-    view[dim] = idx.shape[1]
-    return x.gather(dim, idx.view(view).expand(shape))
-
-
-def scatter_tokens(buf: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """In-place ``buf[b, ..., idx[b, j], ...] = src[b, ..., j, ...]``; returns ``buf``."""
-    view = [idx.shape[0]] + [1] * (buf.ndim - 1)
-    view[dim] = idx.shape[1]
-    return buf.scatter_(dim, idx.view(view).expand(src.shape), src)
 
 
 def clip_seed(seed: int, clip: int) -> int:
@@ -137,9 +116,9 @@ class StreamingEngine:
         self.config = config
         self.task = task
         self.resolved = cfg = config.resolve(task.dense)
-        self.policy = cfg.policy
-        self.rollout = cfg.policy == "rgtp"
-        self.prunes = cfg.policy != "dense"
+        self.policy = policy(cfg.policy)
+        self.rollout = self.policy.rollout
+        self.prunes = self.policy.prunes
         self.kv_reuse = cfg.kv_reuse == "on"
         self.reset_mode = cfg.reset_mode
         self.cut_block = cfg.prune_block if cfg.cut == "block0" else None  # None: the cut is before block 0
@@ -149,20 +128,20 @@ class StreamingEngine:
 
     def _check(self) -> None:
         """Refuse what this model and task cannot run (one-line ``ConfigError``s)."""
-        cfg, vit, block = self.resolved, self.vit, self.resolved.prune_block
+        cfg, vit, block, name = self.resolved, self.vit, self.resolved.prune_block, self.policy.name
         if block >= vit.depth:
             raise ConfigError(f"prune_block {block} must be below the model's depth {vit.depth}")
-        if cfg.policy == "cls-attn" and cfg.cut == "input":
-            raise ConfigError("cls-attn scores tokens by the cut block's attention; it needs cut=block0")
-        if cfg.policy == "cls-attn" and not vit.is_global(block):
-            raise ConfigError(f"cls-attn needs block {block}'s full attention; block {block} of this model is windowed")
+        if Need.PROBS in self.policy.needs and cfg.cut == "input":
+            raise ConfigError(f"{name} scores tokens by the cut block's attention; it needs cut=block0")
+        if Need.PROBS in self.policy.needs and not vit.is_global(block):
+            raise ConfigError(f"{name} needs block {block}'s full attention; block {block} of this model is windowed")
         if self.prunes and vit.needs_all_keys and not self.kv_reuse:
             raise ConfigError("windowed / relative-position attention needs every key: use a dense task or kv_reuse=on")
         if self.rollout and cfg.rollout_pool > 1 and not self.kv_reuse:
             raise ConfigError("rollout_pool > 1 needs K/V reuse (a dense task, or kv_reuse=on): a pooled row "
                               "averages every query of its cell")
-        if cfg.policy == "boxmask" and not hasattr(self.task, "box_mask"):
-            raise ConfigError("boxmask needs a detection task (the previous frame's boxes)")
+        if Need.BOXES in self.policy.needs and not hasattr(self.task, "box_mask"):
+            raise ConfigError(f"{name} needs a detection task (the previous frame's boxes)")
 
     @contextmanager
     def _timed(self, part: str):
@@ -173,12 +152,15 @@ class StreamingEngine:
         yield
         self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
-    def new_state(self, clip: int = 0) -> ClipState:
-        """Fresh per-clip state for the clip with index ``clip`` in its dataset: the random policy's generator is
-        seeded by (seed, clip index) alone, so a clip's keep sets never depend on which clips ran before it."""
-        return ClipState(rng=torch.Generator().manual_seed(clip_seed(self.config.seed, clip)))
+    def new_state(self, clips: int | Sequence[int] = 0) -> ClipState:
+        """Fresh state for the clips with dataset indices ``clips`` (one per sample of the batch, in order): each
+        sample's random draws come from its own generator seeded by (seed, clip index) alone, so a clip's keep sets
+        depend neither on which clips ran before it nor on which clips share its batch. A single index gives one
+        generator that every sample of the batch draws from in turn."""
+        clips = [clips] if isinstance(clips, int) else list(clips)
+        return ClipState(rngs=tuple(torch.Generator().manual_seed(clip_seed(self.config.seed, c)) for c in clips))
 
-    def run_clip(self, frames: Iterable[torch.Tensor], clip: int = 0) -> list[FrameRecord]:
+    def run_clip(self, frames: Iterable[torch.Tensor], clip: int | Sequence[int] = 0) -> list[FrameRecord]:
         """Run frames ``[B, 3, H, W]`` (an iterable, or a ``[T, B, 3, H, W]`` tensor) with fresh state."""
         state = self.new_state(clip)
         return [self.step(frame, state) for frame in frames]
@@ -227,14 +209,11 @@ class StreamingEngine:
         if self.rollout:
             with self._timed("rollout"):
                 start = self.task.rollout_start(vit, predictions, tokens, grid)
-                record.heatmap, record.degenerate_heatmaps = self._heatmap(
-                    state, kind, attn, start, seq, keep, keys, z, grid
-                )
-        if self.policy == "eventful":
-            fresh = z if keep is None else gather_tokens(z, keep)
-            state.reference = z.clone() if keep is None else scatter_tokens(state.reference, keep, fresh)
-        if self.policy == "boxmask":
-            state.boxes = self.task.box_mask(predictions, grid)
+                record.heatmap, record.degenerate = self._heatmap(state, kind, attn, start, seq, keep, keys, z, grid)
+                record.degenerate_heatmaps = sum(record.degenerate)
+        if self.policy.remember is not None:
+            boxes = self.task.box_mask(predictions, grid) if Need.BOXES in self.policy.needs else None
+            state.memory = self.policy.remember(state.memory, z, keep, boxes)
         state.heatmap, state.embed, state.keys, state.t = record.heatmap, z, keys, state.t + 1
         return record
 
@@ -255,7 +234,9 @@ class StreamingEngine:
         Returns the output ``[B, H, S, Ch]`` and, where needed, the probabilities ``[B, H, S, Sk]``.
         """
         vit, blk = self.vit, self.vit.blocks[block]
-        need_probs = (self.rollout and vit.is_global(block)) or (block == self.cut_block and self.policy == "cls-attn")
+        need_probs = (self.rollout and vit.is_global(block)) or (
+            block == self.cut_block and Need.PROBS in self.policy.needs
+        )
         if self.kv_reuse and (self.cut_block is None or block > self.cut_block):
             k, v = self._reuse_kv(state, block, seq, k, v)
             if self.resolved.window_queries == "all" and not vit.is_global(block):
@@ -280,7 +261,7 @@ class StreamingEngine:
         """Kept patch indices ``[B, n]`` for this frame, or ``None`` to keep every patch.
 
         ``z [B, N, C]`` are this frame's patch embeddings, ``keys [B, N, Ch]`` the cut block's head-averaged patch
-        keys (``None`` at an input cut), ``probs [B, H, N', N']`` the cut block's attention (cls-attn).
+        keys (``None`` at an input cut), ``probs [B, H, N', N']`` the cut block's attention (``Need.PROBS``).
         """
         cfg = self.resolved
         if kind == FULL or (kind == RESET and self.reset_mode == "full"):
@@ -288,8 +269,10 @@ class StreamingEngine:
         if kind == RESET:
             pattern = reset_pattern_indices(grid, cfg.reset_pattern).to(z.device)
             return pattern.expand(z.shape[0], -1)
-        if not self.rollout:
-            return self._baseline(state, z, grid, probs)
+        if self.policy.select is not None:  # a baseline, at RGTP's budget
+            n = kept_count(int(z.shape[1]), cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio)
+            cut = Cut(z, grid, n, state.memory, state.rngs, probs, self.vit.num_prefix, self.vit.has_class_token)
+            return self.policy.select(cut)
         prev, cur = (state.keys, keys) if cfg.track_features == "block0_keys" else (state.embed, z)
         scores = track_scores(
             state.heatmap,
@@ -304,22 +287,6 @@ class StreamingEngine:
         return rollout_keep_indices(
             scores, grid, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio, cfg.order, tie_break=cfg.tie_break
         )
-
-    def _baseline(
-        self, state: ClipState, z: torch.Tensor, grid: tuple[int, int], probs: torch.Tensor | None
-    ) -> torch.Tensor:
-        """A baseline policy's keep set at RGTP's budget: ``[B, n]`` ascending."""
-        cfg, b, num_patches = self.resolved, int(z.shape[0]), int(z.shape[1])
-        n = kept_count(num_patches, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio)
-        if self.policy == "random":
-            return random_indices(b, num_patches, n, state.rng).to(z.device)
-        if self.policy == "grid":
-            return grid_indices(grid, n).to(z.device).expand(b, -1)
-        if self.policy == "cls-attn":
-            return top_n(cls_attn_scores(probs, self.vit.num_prefix, self.vit.has_class_token), n)
-        if self.policy == "eventful":
-            return top_n(eventful_scores(z, state.reference), n)
-        return top_n(boxmask_scores(state.boxes, grid, n), n)
 
     # -- dense-task context: K/V reuse and the output buffer --------------------------------------------------
 
@@ -354,8 +321,9 @@ class StreamingEngine:
         keys: torch.Tensor | None,
         z: torch.Tensor,
         grid: tuple[int, int],
-    ) -> tuple[torch.Tensor, int]:
-        """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and the degenerate count.
+    ) -> tuple[torch.Tensor, list[bool]]:
+        """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and, per sample, whether it was
+        degenerate (replaced by uniform scores).
 
         ``start [B, S]`` weights the output tokens the head saw; ``keys [B, N, Ch]`` (the cut block's, or ``None``)
         match pruned patches to kept ones (``nearest_kept``).
@@ -370,29 +338,17 @@ class StreamingEngine:
             if self.kv_reuse:
                 scores = self._rollout_buffered(state, mats, seq, start)
             else:
-                scores = self._rollout_shrinking(mats, seq, start)
-        scores = scores[:, num_prefix:]
-        if cfg.pruned_score_fill == "previous" and kind == PRUNED:
-            kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
-            scores = scatter_tokens(state.heatmap.clone(), keep, kept)
-        elif scores.shape[1] < num_patches or (cfg.pruned_score_fill == "nearest_kept" and keep is not None):
-            kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
-            scores = nearest_kept_fill(kept, keep, z if keys is None else keys)
-        bad = ~torch.isfinite(scores).all(dim=1) | (scores.sum(dim=1) <= 0)
-        if bad.any():
-            scores = torch.where(bad[:, None], torch.ones_like(scores), scores)
-        if cfg.rollout_norm == "sum":
-            scores = sum_normalize(scores)
-        return scores, int(bad.sum())
-
-    def _propagate(self, mats: list[torch.Tensor], start: torch.Tensor) -> torch.Tensor:
-        """``a_0^T ... a_L^T start`` in vector form, or via the rollout matrix (starting from I) in matrix form."""
-        if self.resolved.rollout_form == "vector":
-            return rollout_vector_from(mats, start)
-        rollout = torch.eye(mats[0].shape[-1], dtype=start.dtype, device=start.device).expand_as(mats[0])
-        for a in mats:
-            rollout = a @ rollout
-        return torch.einsum("bij,bi->bj", rollout, start)
+                scores = shrinking_rollout(mats, seq, start, self.cut_block or 0, cfg.block0_columns, cfg.rollout_form)
+        previous = state.heatmap if kind == PRUNED else None
+        feats = z if keys is None else keys
+        args = (num_prefix, cfg.pruned_score_fill, cfg.rollout_norm)
+        heatmap, bad = patch_heatmap(scores, keep, feats, previous, *args)
+        if bad == 0 or scores.shape[0] == 1:
+            return heatmap, [bool(bad)] * scores.shape[0]
+        # rare: find which samples were replaced (patch_heatmap acts per sample, so slices give the same answer)
+        one = [slice(b, b + 1) for b in range(scores.shape[0])]
+        return heatmap, [bool(patch_heatmap(scores[s], None if keep is None else keep[s], feats[s],
+                                            None if previous is None else previous[s], *args)[1]) for s in one]
 
     def _rollout_buffered(
         self, state: ClipState, mats: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
@@ -407,7 +363,7 @@ class StreamingEngine:
                 state.rows[block] = rows
             else:
                 scatter_tokens(state.rows[block], seq, rows)
-        return self._propagate([state.rows[b] for b in mats], start)
+        return propagate([state.rows[b] for b in mats], start, self.resolved.rollout_form)
 
     def _rollout_pooled(
         self,
@@ -430,53 +386,9 @@ class StreamingEngine:
         num_tokens = prefix + grid[0] * grid[1]
         for block, probs in attn.items():
             queries = None if probs.shape[2] == num_tokens else seq
-            pooled, filled = pool_attention(fuse_heads(probs, cfg.head_fusion), grid, pool, prefix, queries)
-            rows = residual_normalize(pooled)
-            state.rows[block] = rows if queries is None else torch.where(filled[..., None], rows, state.rows[block])
-        u = pool_start(start, grid, pool, prefix)
-        if cfg.anchor_fallback == "empty":
-            patch_cells = torch.arange(u.shape[1], device=u.device) >= prefix
-            u = torch.where(u.sum(1, keepdim=True) > 0, u, patch_cells / patch_cells.sum())
-        return unpool_scores(self._propagate([state.rows[b] for b in attn], u), grid, pool, prefix)
-
-    def _rollout_shrinking(
-        self, mats: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
-    ) -> torch.Tensor:
-        """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``) -> ``[B, S]`` or ``[B, N']``.
-
-        Blocks after the cut roll out over the kept tokens. The blocks up to the cut ran on all ``N'`` tokens;
-        their product ``R = a_c ... a_0`` is cut to the kept rows and (``block0_columns=cut``) columns, or keeps
-        all columns (``keep``: every position gets a computed score). At an input cut every block is reduced.
-        """
-        if seq is not None and start.shape[1] != seq.shape[1]:  # dense task without K/V reuse: kept anchors only
-            start = gather_tokens(start, seq)
-            start = torch.where(start.sum(1, keepdim=True) > 0, start, torch.ones_like(start))
-            start = start / start.sum(1, keepdim=True)
-        cut = self.cut_block or 0
-        later = [mats[b] for b in sorted(mats) if b > cut]
-        v = self._propagate(later, start) if later else start
-        full = [mats[b] for b in sorted(mats) if b <= cut]  # first block first
-        if seq is not None and full[-1].shape[1] != seq.shape[1]:  # cut R: kept rows of a_c, kept columns of a_0
-            full[-1] = gather_tokens(full[-1], seq, dim=1)
-            if self.resolved.block0_columns == "cut":
-                full[0] = gather_tokens(full[0], seq, dim=2)
-        for a in reversed(full):
-            v = torch.bmm(v.unsqueeze(1), a).squeeze(1)
-        return v
-
-
-def nearest_kept_fill(kept_scores: torch.Tensor, keep: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """Scores of all N patches from the kept ones: a pruned patch takes its nearest kept patch's score.
-
-    Args:
-        kept_scores: ``[B, n]`` scores of the kept patches ``keep [B, n]``.
-        feats: ``[B, N, D]`` matching features, nearness by raw dot product: the cut block's head-averaged keys
-            (``D = Ch``), or the patch embeddings at an input cut (``D = C``).
-    Returns:
-        ``[B, N]``.
-    """
-    nearest = torch.einsum("bnc,bkc->bnk", feats, gather_tokens(feats, keep)).argmax(dim=-1)
-    return scatter_tokens(kept_scores.gather(1, nearest), keep, kept_scores)
+            state.rows[block] = pooled_rows(probs, state.rows.get(block), grid, pool, prefix, cfg.head_fusion, queries)
+        u = pooled_start(start, grid, pool, prefix, cfg.anchor_fallback)
+        return unpool_scores(propagate([state.rows[b] for b in attn], u, cfg.rollout_form), grid, pool, prefix)
 
 
 def _refresh(buffers: dict[int, torch.Tensor], block: int, seq: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokbench.data import SyntheticAction, SyntheticDetection
+from tokbench.data import DETECTION_BENCHMARKS, SyntheticAction, detection_benchmark
 from tokbench.errors import ConfigError, DataError
 from tokbench.models.zoo import LoadedModel
 
 DEFAULT_MODEL = {"detect": "synthvid-det", "action": "synthaction-vivit"}
+EMBEDDED = (*DETECTION_BENCHMARKS, "synthaction")  # the embedded benchmarks' names (--data NAME)
+
+
+def embedded_benchmark(loaded: LoadedModel) -> str:
+    """The embedded benchmark a model runs on by default: a shipped model's own (its card's validation data),
+    ``synthaction`` for action models, else the calibrated ``synthvid``."""
+    if loaded.kind == "action":
+        return "synthaction"
+    version = (loaded.card or {}).get("val_data", {}).get("spec_version", 2)
+    return "synthvid-fast" if version == 1 else "synthvid"
 
 
 def open_data(spec, loaded: LoadedModel):
-    """The embedded benchmark for the model's task (at its input size), or the user's data (``spec.data``);
+    """An embedded benchmark (``spec.data`` one of ``EMBEDDED``, or None: the model's own, at its input size), or
+    the user's data (``spec.data``);
     ``spec`` is any spec with ``data``, ``clips``, ``seed`` and ``views`` (``AblationSpec``, ``RunSpec``).
 
     ``vid:ROOT`` is ImageNet VID's val split (each snippet one whole clip, docs/method.md 9.1 input rule),
@@ -25,10 +36,14 @@ def open_data(spec, loaded: LoadedModel):
     csv_data = spec.data is not None and spec.data.startswith("csv:")
     if spec.views not in (None, 1) and not csv_data:
         raise ConfigError(f"--views {spec.views} applies to labelled video classification (csv: data) only")
-    if spec.data in (None, "synthetic"):
-        if loaded.kind == "action":
+    name = spec.data or embedded_benchmark(loaded)
+    if name in EMBEDDED:
+        if (name == "synthaction") != (loaded.kind == "action"):
+            raise ConfigError(f"--data {name} is a {'action' if name == 'synthaction' else 'detection'} benchmark; "
+                              f"{loaded.name} is a {loaded.kind} model")
+        if name == "synthaction":
             return SyntheticAction("val", num_clips=spec.clips, seed=spec.seed)
-        return SyntheticDetection("val", num_clips=spec.clips, size=size, seed=spec.seed)
+        return detection_benchmark(name, num_clips=spec.clips, size=size, seed=spec.seed)
     frames = loaded.model.spec.num_frames if loaded.kind == "action" else 32
     if spec.data.startswith("vid:"):
         from tokbench.data.imagenet_vid import ImageNetVID
@@ -63,7 +78,7 @@ def _check_classes(dataset, loaded: LoadedModel):
 def row_columns(loaded: LoadedModel, spec) -> dict:
     """The experiment's naming columns of every row (after the resolved options and sampling)."""
     return {"task": loaded.kind, "model": loaded.name, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
-            "data": spec.data or "synthetic", "clips": spec.clips, "frames_per_clip_limit": spec.frames}
+            "data": spec.data or embedded_benchmark(loaded), "clips": spec.clips, "frames_per_clip_limit": spec.frames}
 
 
 def experiment_of(spec, loaded: LoadedModel, dataset) -> dict:

@@ -49,6 +49,7 @@ from tokbench.flops_ref import (
 )
 from tokbench.frame_flops import KindCost, frame_costs
 from tokbench.models.zoo import LoadedModel
+from tokbench.policies import policy
 from tokbench.results import config_id
 from tokbench.selection import kept_count, reset_pattern_indices
 
@@ -206,10 +207,13 @@ _LEAD = ("model", "kind", "convention", "sdpa_flops", "unit", "policy", "keep_ra
 def _row(identity: dict, config: MethodConfig, numbers: dict, error: str = "") -> dict:
     """One flat row: identity and the leading knobs, the numbers, every resolved option, config_id, error."""
     described = {**identity, **config.as_dict()}
-    every = {**numbers, **described}
-    lead = {k: every[k] for k in _LEAD if k in every}
-    rest = {k: v for k, v in every.items() if k not in lead}
-    return {**lead, **rest, "config_id": config_id(described), "error": error}
+    return _ordered({**numbers, **described}, config_id(described), error)
+
+
+def _ordered(columns: dict, cid: str, error: str) -> dict:
+    """The leading columns (``_LEAD``) first, then the others, then ``config_id`` and ``error``."""
+    lead = {k: columns[k] for k in _LEAD if k in columns}
+    return {**lead, **{k: v for k, v in columns.items() if k not in lead}, "config_id": cid, "error": error}
 
 
 _NUMBERS = ("gmacs_per_frame", "gmacs_per_clip", "gmacs_full", "gmacs_reset", "gmacs_pattern", "gmacs_pruned",
@@ -284,7 +288,7 @@ def fvcore_kind_costs(
 ) -> tuple[dict[str, KindGmacs], dict[str, KindCost]]:
     """Traced cost of each frame kind of ``config`` (resolved) as row kinds, and the raw ``KindCost`` per kind."""
     costs = frame_costs(loaded.engine(config), frame)
-    rgtp = config.policy == "rgtp"
+    rgtp = policy(config.policy).rollout
     bare = frame_costs(loaded.engine(config.replace(policy="grid")), frame) if rgtp else costs
     out = {}
     for kind, cost in costs.items():
@@ -294,6 +298,50 @@ def fvcore_kind_costs(
             cost.overhead_gmacs_match,
         )
     return out, costs
+
+
+_COSTS: dict[tuple, dict[str, KindGmacs]] = {}
+_RAW: dict[tuple, dict[str, KindCost]] = {}
+_HEADS: dict[tuple[int, str], float] = {}
+
+
+def _cost_key(loaded: LoadedModel, config: MethodConfig) -> tuple:
+    return id(loaded.model), loaded.engine(config).resolved.replace(seed=0)
+
+
+def kind_costs(loaded: LoadedModel, config: MethodConfig, sample: torch.Tensor) -> dict[str, KindGmacs]:
+    """fvcore costs per row kind of ``config`` (resolved; seed aside) traced on ``sample`` (one step of the input,
+    ``[1, C, H, W]``), memoised per model and configuration (the shapes of a model's input do not change)."""
+    key = _cost_key(loaded, config)
+    if key not in _COSTS:
+        _COSTS[key], _RAW[key] = fvcore_kind_costs(loaded, loaded.engine(config).resolved, sample)
+    return _COSTS[key]
+
+
+def cost_columns(loaded: LoadedModel, config: MethodConfig, per_kind: dict, summary: dict) -> dict:
+    """GMACs of the frames that ran (fvcore): per frame for detection (all frames, first and reset frames
+    included), per clip for classification (docs/method.md 8: views x (spatial steps + temporal encoder +
+    classifier), averaged over the videos run); per-kind costs and the overhead split in the same unit."""
+    counts = {"full": summary["frames_full"], "reset": summary["frames_reset"], "pattern": summary["frames_pattern"],
+              "pruned": summary["frames_pruned"]}
+    unit = unit_of(loaded)
+    if unit == "clip":
+        clips = max(1, summary.get("clips_run", 1))
+        views = clips / max(1, summary.get("videos_run", clips))
+        counts = {k: c / clips for k, c in counts.items()}
+        columns = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=_head_gmacs(loaded, config))
+    else:
+        columns = unit_columns(per_kind, counts, unit=unit)
+    kept = per_kind["pruned"] if "pruned" in per_kind else per_kind["full"]
+    return {"unit": unit, **columns, "keep_tokens": kept.kept_tokens}
+
+
+def _head_gmacs(loaded: LoadedModel, config: MethodConfig) -> float:
+    """fvcore GMACs of one view's temporal encoder + classifier (0 where each step carries its own head)."""
+    key = (id(loaded.model), config.sdpa_flops)
+    if key not in _HEADS:
+        _HEADS[key] = fvcore_temporal_head_gmacs(loaded, config.sdpa_flops)
+    return _HEADS[key]
 
 
 def flop_rows(
@@ -309,36 +357,40 @@ def flop_rows(
 ) -> list[dict]:
     """fvcore rows: a dense row, then one row per (keep, window, reset) combination (``base`` supplies the rest).
 
+    Each configuration is resolved and named as every command names its rows (``jobs.resolve``); its frame kinds
+    are traced once (``kind_costs``, shared with the ablation's rows) and weighted by the clip's schedule.
     frames: steps per clip (default 32; an action model always uses its own step count); views: per clip
     (default ``default_views``). A configuration that fails becomes a row with ``error`` set.
     """
-    dense_task, unit = is_dense_kind(loaded.kind), unit_of(loaded)
+    from tokbench.jobs import resolve
+
+    unit = unit_of(loaded)
     steps = action_steps(loaded) if loaded.kind == "action" else frames or 32
     views = views or default_views(loaded.name)
     frame = _input_frame(loaded)
-    num_patches = loaded.backbone.patch_embed.num_patches
-    configs = config_grid(base, num_patches, keeps, windows, resets)
-    identity = {"model": loaded.name, "kind": loaded.kind, "convention": "fvcore", "unit": unit,
-                "weights": loaded.weights, "img_size": list(loaded.img_size), "frames_per_clip": steps, "views": views}
-    heads: dict[str, float] = {}
+    configs = config_grid(base, loaded.backbone.patch_embed.num_patches, keeps, windows, resets)
+    experiment = {"model": loaded.name, "kind": loaded.kind, "convention": "fvcore", "unit": unit,
+                  "weights": loaded.weights, "img_size": list(loaded.img_size), "frames_per_clip": steps,
+                  "views": views}
 
     def row(config: MethodConfig, dense_unit: float | None) -> tuple[dict, float | None]:
+        job = resolve(loaded, config, 1, experiment)
+        if job.error:
+            return _ordered(job.identity, job.config_id, job.error), None
         try:
-            config = config.resolve(dense_task)
-            per_kind, raw = fvcore_kind_costs(loaded, config, frame)
-            sdpa = config.sdpa_flops
-            if sdpa not in heads:
-                heads[sdpa] = fvcore_temporal_head_gmacs(loaded, sdpa)
-            counts = step_counts(steps, config.reset_every, config.reset_mode, config.policy != "dense")
-            numbers = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=heads[sdpa])
+            resolved = loaded.engine(config).resolved
+            per_kind = kind_costs(loaded, config, frame)
+            counts = step_counts(steps, resolved.reset_every, resolved.reset_mode, not job.dense)
+            numbers = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=_head_gmacs(loaded, config))
         except Exception as err:  # a failed configuration becomes a row; the others go on
-            return _failed(identity, config.resolve(dense_task, strict=False), err), None
+            return _ordered(job.identity, job.config_id, f"{type(err).__name__}: {err}"), None
+        raw = _RAW[_cost_key(loaded, config)]
         shown = raw.get(PRUNED, raw[FULL])
         numbers = {"keep_tokens": shown.kept_tokens, **numbers, **_ratio(dense_unit, numbers, unit),
                    "unsupported_ops": ", ".join(f"{op} x{n}" for op, n in shown.unsupported.items())}
         if by_operator:
             numbers["by_operator"] = {op: round(g, 6) for op, g in shown.by_operator.items()}
-        return _row(identity, config, numbers), numbers[f"gmacs_per_{unit}"]
+        return _ordered({**numbers, **job.identity}, job.config_id, ""), numbers[f"gmacs_per_{unit}"]
 
     dense, dense_unit = row(base.replace(policy="dense", keep_ratio=1.0), None)
     if dense["error"]:
@@ -451,9 +503,9 @@ def paper_kind_costs(model: PaperModel, config: MethodConfig) -> dict[str, KindG
     (``block0_columns``, ``pruned_score_fill``), ``window_queries``, rollout form and pooling.
     """
     arch, step_head = model.spatial, model.step_classifier_gmacs()
-    if config.policy == "dense":
+    if not policy(config.policy).prunes:
         return {"full": _kind(ref_frame_gmacs(arch, "dense"), step_head)}
-    if config.policy != "rgtp":
+    if not policy(config.policy).rollout:
         raise ConfigError(f"the paper convention counts rgtp and dense only, not {config.policy!r}")
     if config.cut != "block0" or getattr(config, "prune_block", 0) != 0:
         raise ConfigError("the paper convention counts the cut inside block 0 only (cut=block0, prune_block=0)")
@@ -522,7 +574,7 @@ def paper_rows(
             config = config.resolve(dense_task)
             config = config.replace(rollout_pool=paper_pool(model, config, rollout_pool))
             per_kind = paper_kind_costs(model, config)
-            dense = config.policy == "dense"
+            dense = not policy(config.policy).prunes
             counts = step_counts(steps, config.reset_every, config.reset_mode, not dense)
             if full_fraction is not None and not dense:
                 counts = {"full": full_fraction, "pruned": 1 - full_fraction}

@@ -20,39 +20,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tokbench import distributed
 from tokbench.config import MethodConfig
 from tokbench.engine import RESET, FrameRecord, clip_seed
 from tokbench.errors import ConfigError, TokbenchError
 from tokbench.experiment import DEFAULT_MODEL, open_data, row_columns
+from tokbench.jobs import Job, resolve
 from tokbench.models.zoo import LoadedModel, load_model
 from tokbench.records import detections_to_json
-from tokbench.results import config_id
-from tokbench.rows import build_row, complete
-
-__all__ = ["Job", "Run", "RunSpec", "build_row", "clip_indices", "complete", "evaluate", "resolve", "run_one",
-           "stream"]
+from tokbench.rows import build_row
 
 Emit = Callable[[dict], None]  # receives each finished record
 FIDELITY_IN_MEMORY = ("classify", "features")  # kinds whose fidelity needs the dense outputs of the clip itself
-
-
-@dataclass(frozen=True)
-class Job:
-    """A resolved run specification: one method configuration at one frame sampling on one experiment.
-
-    ``identity`` holds the row's naming columns (resolved options, sampling, model, weights, data, limits);
-    ``error`` is set when the engine refuses the configuration (its row carries the error, nothing runs).
-    """
-
-    config: MethodConfig
-    sampling: int
-    identity: dict
-    config_id: str
-    error: str = ""
-
-    @property
-    def dense(self) -> bool:
-        return self.config.policy == "dense"
+CLIP_BATCH = 8  # clips in lockstep per engine step (measured best on CPU for the embedded benchmark)
 
 
 @dataclass(frozen=True)
@@ -72,6 +52,7 @@ class RunSpec:
     frames: int | None = None
     seed: int = 0
     views: int | None = None
+    device: str = "cpu"  # cpu or cuda (this rank's own GPU under torchrun)
 
 
 def run_one(spec: RunSpec, loaded: LoadedModel | None = None,
@@ -83,7 +64,7 @@ def run_one(spec: RunSpec, loaded: LoadedModel | None = None,
                                   seed=spec.seed)
     dataset = open_data(spec, loaded)
     [run] = evaluate(loaded, dataset, [spec.config], sampling=spec.sampling, videos=spec.clips, frames=spec.frames,
-                     experiment=row_columns(loaded, spec), progress=progress)
+                     experiment=row_columns(loaded, spec), progress=progress, device=distributed.device(spec.device))
     return [run.records[c] for c in sorted(run.records)], run.row
 
 
@@ -110,18 +91,22 @@ def evaluate(
     frames: int | None = None,
     experiment: dict | None = None,
     progress: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
+    clip_batch: int = CLIP_BATCH,
 ) -> list[Run]:
     """Run ``configs`` on the first ``videos`` videos of ``dataset`` (at most ``frames`` steps each) in memory,
     clip-major, and build their rows: labelled metrics where the data has labels, and, where a dense
     configuration is among ``configs``, every other row's fidelity to it. A refused configuration or a failing
-    clip raises. ``experiment``: extra naming columns of the rows."""
+    clip raises. ``experiment``: extra naming columns of the rows; ``device``: where the model runs (moved there).
+    """
+    loaded.model.to(device)
     jobs = []
     for config in configs:
         loaded.engine(config)  # a refused configuration is a one-line error here
         jobs.append(resolve(loaded, config, sampling, experiment or {}))
     records: dict[str, dict[int, dict]] = {j.config_id: {} for j in jobs}
     stream(loaded, dataset, jobs, clip_indices(dataset, videos), max_frames=frames, progress=progress, strict=True,
-           emit=lambda r: records[r["config_id"]].__setitem__(r["clip"], r))
+           emit=lambda r: records[r["config_id"]].__setitem__(r["clip"], r), device=device, clip_batch=clip_batch)
     dense = next((records[j.config_id] for j in jobs if j.dense), None)
     views = getattr(dataset, "views", 1)
     runs = []
@@ -131,21 +116,6 @@ def evaluate(
             raise TokbenchError(row["error"])
         runs.append(Run(row, records[job.config_id]))
     return runs
-
-
-def resolve(loaded: LoadedModel, config: MethodConfig, sampling: int, experiment: dict) -> Job:
-    """The one resolve step: the engine's resolved options (never ``auto``) + sampling + ``experiment`` columns.
-
-    A configuration the engine refuses is resolved as far as it goes and carries the error.
-    """
-    error = ""
-    try:
-        options = loaded.engine(config).resolved.as_dict()
-    except TokbenchError as err:
-        options = config.resolve(loaded.task(config).dense, strict=False).as_dict()
-        error = f"{type(err).__name__}: {err}"
-    identity = options | {"sampling": sampling} | experiment
-    return Job(config, sampling, identity, config_id(identity), error)
 
 
 def clip_indices(dataset, videos: int | None) -> range:
@@ -163,8 +133,9 @@ def step_indices(num_frames: int, sampling: int, max_frames: int | None, tubelet
     return idx if max_frames is None else idx[:max_frames]
 
 
-def frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float) -> dict:
-    """One step's per-frame record (JSON-ready)."""
+def frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float, sample: int = 0,
+              clip_batch: int = 1) -> dict:
+    """Sample ``sample``'s per-frame record of one step (JSON-ready); ``step_ms`` its share of the batched step."""
     return {
         "clip": clip_id,
         "frame": index,
@@ -174,9 +145,10 @@ def frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float) -> dic
         "pattern_reset": rec.kind == RESET and getattr(rec, "pattern", rec.num_kept < rec.num_patches),
         "kept_tokens": rec.num_kept,
         "num_patches": rec.num_patches,
-        "kept": None if rec.kept is None else rec.kept[0].tolist(),
+        "kept": None if rec.kept is None else rec.kept[sample].tolist(),
         "step_ms": round(step_ms, 3),
-        "degenerate_heatmap": rec.degenerate_heatmaps,
+        "clip_batch": clip_batch,
+        "degenerate_heatmap": int(rec.degenerate[sample]) if rec.degenerate else 0,
     }
 
 
@@ -195,62 +167,119 @@ def stream(
     progress: Callable[[int], None] | None = None,
     on_clip: Callable[[int], None] | None = None,
     strict: bool = False,
+    device: torch.device | str = "cpu",
+    clip_batch: int = CLIP_BATCH,
 ) -> None:
-    """Run every job on each clip of ``indices`` in turn, emitting one record per (job, clip) not in ``done``.
+    """Run every job on each clip of ``indices``, emitting one record per (job, clip) not in ``done``.
 
-    The clip is read once; per sampling the dense job runs first where the others' fidelity needs its outputs on
-    this clip (``FIDELITY_IN_MEMORY``; rerun, unrecorded, if its record is already done). A job that fails on a
-    clip emits an error record and runs on no further clip (``strict``: the exception propagates instead).
+    Clips run in lockstep batches of up to ``clip_batch`` (the clips of ``indices`` with work left, in order; clips
+    whose frame tensors differ in shape run in separate batches): the keep count does not depend on the data and
+    every per-clip draw has its own generator, so a clip's record equals its record run alone (timings aside).
+    A record's ``step_ms`` is the batched step's time divided by the batch size, given as ``clip_batch``.
+    Each batch is read once; per sampling the dense job runs first where the others' fidelity needs its outputs
+    on these clips (``FIDELITY_IN_MEMORY``; rerun, unrecorded, if its record is already done). A job whose batch
+    fails reruns those clips one at a time, so the error lands on the clip that raised it; a job that fails on
+    a clip emits an error record and runs on no further clip (``strict``: the exception propagates instead).
     """
+    if clip_batch < 1:
+        raise ConfigError(f"clip_batch must be >= 1, got {clip_batch}")
     jobs = [j for j in jobs if not j.error]
     engines = {j.config_id: loaded.engine(j.config) for j in jobs}
     failed: set[str] = set()
+
+    def pending(c: int) -> set[str]:
+        return {j.config_id for j in jobs if j.config_id not in failed and (j.config_id, c) not in done}
+
+    batch: list[int] = []
     for c in indices:
-        pending = {j.config_id for j in jobs if j.config_id not in failed and (j.config_id, c) not in done}
-        if not pending:
+        if pending(c):
+            batch.append(c)
+        if len(batch) == clip_batch:
+            _run_batch(loaded, dataset, jobs, engines, batch, pending, failed, emit, max_frames, progress, on_clip,
+                       strict, device)
+            batch = []
+    if batch:
+        _run_batch(loaded, dataset, jobs, engines, batch, pending, failed, emit, max_frames, progress, on_clip,
+                   strict, device)
+
+
+def _run_batch(loaded, dataset, jobs, engines, batch, pending, failed, emit, max_frames, progress, on_clip, strict,
+               device) -> None:
+    """Read the clips of ``batch`` and run every pending job on them (``stream``), grouped by frame shape."""
+    clips = {}
+    for c in batch:
+        todo = pending(c)
+        if not todo:
             continue
         if on_clip:
             on_clip(c)
         try:
-            clip = dataset[c]
+            clips[c] = dataset[c]
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:
             if strict:
                 raise
             for job in jobs:
-                if job.config_id in pending:
+                if job.config_id in todo:
                     emit(_error_record(job, c, err))
                     failed.add(job.config_id)
-            continue
-        for sampling in dict.fromkeys(j.sampling for j in jobs if j.config_id in pending):
-            dense_out = None
+    groups: dict[tuple, list[int]] = {}
+    for c, clip in clips.items():
+        groups.setdefault(tuple(clip.frames.shape), []).append(c)
+    for members in groups.values():
+        todo = {c: pending(c) for c in members}
+        for sampling in dict.fromkeys(j.sampling for j in jobs if any(j.config_id in t for t in todo.values())):
+            dense_out: dict[int, object] = {}
             group = sorted((j for j in jobs if j.sampling == sampling), key=lambda j: not j.dense)
-            needs_dense = loaded.kind in FIDELITY_IN_MEMORY and any(
-                not j.dense and j.config_id in pending for j in group)
+            needs_dense = {c for c in members if loaded.kind in FIDELITY_IN_MEMORY and any(
+                not j.dense and j.config_id in todo[c] for j in group)}
             for job in group:
-                if job.config_id not in pending and not (job.dense and needs_dense):
-                    continue
-                start = time.perf_counter()
-                try:
-                    torch.manual_seed(clip_seed(job.config.seed, c))
-                    record, outputs = run_pair(loaded, engines[job.config_id], clip, c, sampling, max_frames,
-                                               None if job.dense else dense_out, progress)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as err:  # a failed configuration becomes a row, the grid goes on
-                    if strict:
-                        raise
-                    failed.add(job.config_id)
-                    if job.config_id in pending:
-                        emit(_error_record(job, c, err))
-                    continue
-                if job.dense:
-                    dense_out = outputs
-                if job.config_id in pending:
-                    emit({"config_id": job.config_id, "clip": c, **record,
-                          "wall_s": round(time.perf_counter() - start, 4)})
-        del clip, dense_out
+                run = [c for c in members if job.config_id not in failed and (
+                    job.config_id in todo[c] or (job.dense and c in needs_dense))]
+                recorded = {c for c in run if job.config_id in todo[c]}
+                for c, (record, outputs) in _run_job(loaded, engines[job.config_id], job, clips, run, recorded,
+                                                     sampling, max_frames, dense_out, progress, strict, device,
+                                                     failed, emit):
+                    if job.dense:
+                        dense_out[c] = outputs
+                    if job.config_id in todo[c]:
+                        emit({"config_id": job.config_id, "clip": c, **record})
+    del clips
+
+
+def _run_job(loaded, engine, job, clips, run, recorded, sampling, max_frames, dense_out, progress, strict, device,
+             failed, emit) -> list[tuple[int, tuple[dict, object]]]:
+    """One job on the clips ``run`` in one batch: ``[(clip, (record, outputs))]``. A failing batch reruns its
+    clips one at a time; the first clip that fails alone ends the job (``failed``) and gets an error record where
+    its record is wanted (``recorded``)."""
+    if not run:
+        return []
+    if job.dense:
+        dense_out = {}
+    try:
+        torch.manual_seed(clip_seed(job.config.seed, run[0]))  # nothing draws from it; kept for determinism
+        results = run_batch(loaded, engine, [clips[c] for c in run], run, sampling, max_frames,
+                            [dense_out.get(c) for c in run], progress, device)
+        return list(zip(run, results, strict=True))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:
+        if strict and len(run) == 1:
+            raise
+        if len(run) == 1:
+            failed.add(job.config_id)
+            if run[0] in recorded:
+                emit(_error_record(job, run[0], err))
+            return []
+    out = []
+    for c in run:  # the batch failed: find the clip that fails alone
+        result = _run_job(loaded, engine, job, clips, [c], recorded, sampling, max_frames, dense_out, progress,
+                          strict, device, failed, emit)
+        if not result:
+            break
+        out += result
+    return out
 
 
 def _error_record(job: Job, clip: int, err: Exception) -> dict:
@@ -259,20 +288,61 @@ def _error_record(job: Job, clip: int, err: Exception) -> dict:
 
 
 def run_pair(loaded: LoadedModel, engine, clip, index: int, sampling: int, max_frames: int | None, dense,
-             progress: Callable[[int], None] | None = None):
-    """One job on one clip with fresh state: ``(record, outputs)``; ``outputs`` are what fidelity compares (kept
-    in memory only for the dense job of ``FIDELITY_IN_MEMORY`` kinds), ``dense`` the dense job's on this clip."""
-    t = loaded.tubelet
-    state = engine.new_state(index)
-    frames, preds = [], []
-    for i in step_indices(clip.frames.shape[0], sampling, max_frames, t):
-        x = loaded.steps(clip.frames[i : i + t], clip.valid_hw)
+             progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu"):
+    """One job on one clip with fresh state: ``(record, outputs)`` (``run_batch`` of one clip)."""
+    [result] = run_batch(loaded, engine, [clip], [index], sampling, max_frames, [dense], progress, device)
+    return result
+
+
+def run_batch(loaded: LoadedModel, engine, clips: list, indices: list[int], sampling: int, max_frames: int | None,
+              dense: list | None = None, progress: Callable[[int], None] | None = None,
+              device: torch.device | str = "cpu") -> list[tuple[dict, object]]:
+    """One job on B clips of equal frame shape in lockstep, with fresh state: ``[(record, outputs)]`` per clip.
+
+    ``outputs`` are what fidelity compares (kept in memory only for the dense job of ``FIDELITY_IN_MEMORY``
+    kinds), ``dense[b]`` the dense job's on clip b (or None). Steps run on ``device`` (the model's) as one batch
+    ``[B, ...]``; a step's time includes waiting for the GPU and is split evenly over the B clips (``step_ms``);
+    ``wall_s`` is the batch's wall time divided by B.
+    """
+    t, b_size = loaded.tubelet, len(clips)
+    dense = dense or [None] * b_size
+    start_all = time.perf_counter()
+    state = engine.new_state(indices)
+    frames: list[list[dict]] = [[] for _ in clips]
+    preds = []
+    cuda = torch.device(device).type == "cuda"
+    for i in step_indices(clips[0].frames.shape[0], sampling, max_frames, t):
+        x = torch.cat([loaded.steps(clip.frames[i : i + t], clip.valid_hw) for clip in clips]).to(device)
         start = time.perf_counter()
         rec = engine.step(x, state)
-        frames.append(frame_row(clip.clip_id, i, rec, (time.perf_counter() - start) * 1000))
+        if cuda:
+            torch.cuda.synchronize(device)
+        step_ms = (time.perf_counter() - start) * 1000 / b_size
+        for b, clip in enumerate(clips):
+            frames[b].append(frame_row(clip.clip_id, i, rec, step_ms, b, b_size))
         preds.append((i, rec.predictions))
         if progress:
-            progress(1)
+            progress(b_size)
+    action_logits = None
+    if loaded.kind == "action":
+        with torch.inference_mode():
+            action_logits = loaded.model.temporal(torch.stack([p for _, p in preds], dim=1))
+    results = []
+    for b, clip in enumerate(clips):
+        record, outputs = _clip_record(loaded, engine, clip, frames[b], [(i, _sample(p, b)) for i, p in preds],
+                                       None if action_logits is None else action_logits[b], dense[b])
+        results.append((record, outputs))
+    wall_s = round((time.perf_counter() - start_all) / b_size, 4)
+    return [(record | {"wall_s": wall_s}, outputs) for record, outputs in results]
+
+
+def _sample(predictions, b: int):
+    """Sample ``b`` of a step's predictions, keeping a batch of one: a list per image (detection) or ``[B, ...]``."""
+    return [predictions[b]] if isinstance(predictions, list) else predictions[b : b + 1]
+
+
+def _clip_record(loaded: LoadedModel, engine, clip, frames: list[dict], preds: list, logits, dense):
+    """One clip's record and fidelity outputs from its per-frame rows and per-step predictions (batch of one)."""
     record: dict = {"clip_id": clip.clip_id, "video": clip.video_id or clip.clip_id, "frames": frames}
     outputs = None
     if loaded.kind == "detect":
@@ -280,9 +350,7 @@ def run_pair(loaded: LoadedModel, engine, clip, index: int, sampling: int, max_f
         if clip.targets is not None:
             record["targets"] = [detections_to_json(clip.targets[i]) for i, _ in preds]
     elif loaded.kind == "action":
-        with torch.inference_mode():
-            logits = loaded.model.temporal(torch.stack([p for _, p in preds], dim=1))
-        record["logits"] = logits[0].tolist()
+        record["logits"] = logits.tolist()
         record["label"] = clip.label
     elif loaded.kind == "classify":
         outputs = torch.cat([p.cpu() for _, p in preds])  # [frames, K]
@@ -300,5 +368,3 @@ def run_pair(loaded: LoadedModel, engine, clip, index: int, sampling: int, max_f
                 sims = F.cosine_similarity(outputs[name].flatten(0, -2), dense[name].flatten(0, -2), dim=-1)
                 record[f"cos_{name}_sum"], record[f"cos_{name}_n"] = float(sims.sum()), sims.numel()
     return record, outputs
-
-

@@ -12,19 +12,27 @@ from pathlib import Path
 import pandas as pd
 
 from tokbench.errors import DataError
+from tokbench.policies import POLICIES
 
 METRICS = ("map50", "top1", "map50_vs_dense", "top1_agreement", "cosine_pooled")
+MOTION = ("slow", "medium", "fast")  # FGFA motion-IoU categories: map50_slow, map50_medium, map50_fast
 KNOBS = ("window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
 KNOB_NAMES = {"window": "r", "keep_ratio": "keep", "reset_every": "k", "head_fusion": "fusion",
               "similarity": "sim", "fg_ratio": "phi", "bg_ratio": "beta"}
-POLICY_ORDER = ("dense", "rgtp", "random", "grid", "cls-attn", "eventful", "boxmask")
+POLICY_ORDER = tuple(sorted(POLICIES, key=lambda name: POLICIES[name].prunes))  # the unpruned reference first
 METRIC_NOTES = {
-    "map50": "torchmetrics MeanAveragePrecision map_50 (COCO-style) against the labels, percent",
+    "map50": "COCO-style mAP at IoU 0.5 against the labels, percent (equals torchmetrics' map_50; [low, high]: "
+             "95 % bootstrap interval over clips, mAP recomputed on each resample)",
     "top1": "top-1 accuracy against the labels, percent",
     "map50_vs_dense": "map_50 of the pruned detections scored against the dense model's own, percent",
     "top1_agreement": "top-1 agreement with the dense model, percent",
     "cosine_pooled": "cosine similarity of pooled output features to the dense model's",
 }
+
+
+MOTION_NOTE = ("- slow / medium / fast: mAP50 (%) of the boxes whose motion IoU (mean IoU with the same object "
+               "within +-10 frames, FGFA) is > 0.9 / 0.7-0.9 / < 0.7; other boxes ignored (detections on them "
+               "count neither way)")
 
 
 def load_rows(folder: Path) -> pd.DataFrame:
@@ -115,12 +123,17 @@ def gmacs_decimals(values, least: int = 3, most: int = 5) -> int:
     return max(least, min(most, -math.floor(math.log10(min(gaps)) + 1e-9) + 2))
 
 
-def format_metric(metric: str, mean: float, std: float | None = None) -> str:
-    """One table cell: the metric's own precision, ``mean ± std`` over seeds, ``—`` when missing."""
+def format_metric(metric: str, mean: float, std: float | None = None,
+                  ci: tuple[float, float] | None = None) -> str:
+    """One table cell: the metric's own precision, ``mean ± std`` over seeds, ``value [low, high]`` with a
+    bootstrap interval, ``—`` when missing."""
     if mean is None or mean != mean:
         return MISSING
     _, transform, fmt = METRIC_DISPLAY.get(metric, (metric, lambda v: v, "{:.4g}"))
     cell = fmt.format(transform(mean))
+    if ci is not None and all(v == v for v in ci):
+        low, high = sorted(transform(v) for v in ci)
+        cell += f" [{fmt.format(low)}, {fmt.format(high)}]"
     if std is not None and std == std:
         scale = abs(transform(1.0) - transform(0.0))  # the transforms are affine
         cell += " ± " + fmt.format(std * scale)
@@ -144,11 +157,18 @@ def summary_table(rows: pd.DataFrame, metric: str | None = None) -> pd.DataFrame
         MISSING if g != g else f"{g:.{decimals}f}" for g in base["gmacs"]
     ]
     label = METRIC_DISPLAY.get(metric, (metric,))[0]
-    for sampling, group in rows.groupby("sampling"):
-        stats = group.groupby(keys)[metric].agg(["mean", "std", "count"])
-        cells = [format_metric(metric, m, s if c > 1 else None)
-                 for m, s, c in zip(stats["mean"], stats["std"], stats["count"], strict=True)]
-        table[f"{label}, 1/{int(sampling)}"] = pd.Series(cells, index=stats.index)
+    columns = [(metric, label)]
+    if metric == "map50":  # mAP50 by motion speed (FGFA), where the data has motion IoU
+        columns += [(f"map50_{s}", s) for s in MOTION if f"map50_{s}" in rows and rows[f"map50_{s}"].notna().any()]
+    for name, title in columns:
+        for sampling, group in rows.groupby("sampling"):
+            stats = group.groupby(keys)[name].agg(["mean", "std", "count"])
+            ci = (group.groupby(keys)[[f"{name}_ci_low", f"{name}_ci_high"]].first()
+                  if f"{name}_ci_low" in group and name == metric else None)  # motion columns: in rows.csv
+            cells = [format_metric(metric, m, s if c > 1 else None,
+                                   None if ci is None or c > 1 else tuple(ci.loc[key]))
+                     for key, m, s, c in zip(stats.index, stats["mean"], stats["std"], stats["count"], strict=True)]
+            table[f"{title}, 1/{int(sampling)}"] = pd.Series(cells, index=stats.index)
     table = table.sort_index().fillna(MISSING)
     table.index = table.index.droplevel("order")
     return table
@@ -168,6 +188,7 @@ def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
         + ("per clip = views x (spatial steps + temporal encoder + classifier)" if cost_column(rows) == "gmacs_per_clip"
            else "per frame = mean over all frames, full first and reset frames included"),
         f"- {metric}: {METRIC_NOTES.get(metric, metric)}",
+        *([MOTION_NOTE] if "map50_fast" in rows and rows["map50_fast"].notna().any() else []),
         f"- tokbench {meta.get('tokbench_version')} ({meta.get('git_hash')}), torch {meta.get('torch_version')}, "
         f"timm {meta.get('timm_version')}, fvcore {meta.get('fvcore_version')}; {meta.get('device')}, "
         f"{meta.get('threads')} threads",
@@ -200,7 +221,39 @@ def markdown(folder: Path, metric: str | None = None) -> str:
     knobs = varying_knobs(rows)
     title = "Tracking-window ablation" if knobs == ["window"] else "Ablation"
     lines = [f"# {title}: RGTP and baselines at matched budgets", "", summary_table(rows, metric).to_markdown(), ""]
+    paired = paired_table(folder, metric)
+    if paired is not None:
+        lines += ["## Paired differences", "", PAIRED_NOTE, "", paired.to_markdown(), ""]
     return "\n".join(lines + provenance_lines(load_meta(folder), rows, metric)) + "\n"
+
+
+PAIRED_NOTE = ("Differences over the same bootstrap resamples of the clips, with their 95 % interval; * marks an "
+               "interval that excludes 0 (a real difference on this data); a seeded baseline (`random`) is the mean "
+               "over its seeds.")
+
+
+def paired_table(folder: Path, metric: str) -> pd.DataFrame | None:
+    """``paired.csv`` of a folder as one line per comparison (``a − b``) and a column per frame sampling."""
+    path = Path(folder) / "paired.csv"
+    if not path.exists() or path.stat().st_size < 2:
+        return None
+    lines = pd.read_csv(path)
+    lines = lines[lines["metric"] == metric]
+    if lines.empty:
+        return None
+    _, transform, fmt = METRIC_DISPLAY.get(metric, (metric, lambda v: v, "{:.4g}"))
+    scale = transform(1.0) - transform(0.0)
+
+    def cell(line) -> str:
+        low, high = sorted((line["ci_low"] * scale, line["ci_high"] * scale))
+        star = "*" if line["significant"] else ""
+        return f"{line['diff'] * scale:+.1f} [{low:+.1f}, {high:+.1f}]{star}"
+
+    lines = lines.assign(comparison=lines["a"] + " − " + lines["b"], cell=lines.apply(cell, axis=1))
+    label = METRIC_DISPLAY.get(metric, (metric,))[0]
+    table = lines.pivot_table(index="comparison", columns="sampling", values="cell", aggfunc="first", sort=False)
+    table.columns = [f"Δ {label}, 1/{int(s)}" for s in table.columns]
+    return table.fillna(MISSING)
 
 
 def _pyplot():
@@ -212,8 +265,8 @@ def _pyplot():
     return plt
 
 
-POLICY_COLORS = {"rgtp": "tab:blue", "dense": "black", "random": "tab:gray", "grid": "tab:olive",
-                 "cls-attn": "tab:purple", "eventful": "tab:green", "boxmask": "tab:red"}
+POLICY_COLORS = {name: p.color for name, p in POLICIES.items()}
+POLICY_MARKERS = {name: p.marker for name, p in POLICIES.items()}
 KNOB_LABELS = {"window": "tracking window r", "keep_ratio": "keep ratio", "reset_every": "reset interval k",
                "fg_ratio": "foreground ratio φ", "bg_ratio": "background ratio β"}
 
@@ -229,7 +282,7 @@ def knob_plot(rows: pd.DataFrame, knob: str, path: Path, metric: str | None = No
     for ax, sampling in zip(axes[0], samplings, strict=True):
         group = rows[rows["sampling"] == sampling]
         rgtp = group[group["policy"] == "rgtp"].groupby(knob)[metric].mean()
-        ax.plot(rgtp.index, rgtp.values, marker="o", color=POLICY_COLORS["rgtp"], label="RGTP")
+        ax.plot(rgtp.index, rgtp.values, marker=POLICY_MARKERS["rgtp"], color=POLICY_COLORS["rgtp"], label="RGTP")
         others = group[group["policy"] != "rgtp"].groupby("policy")[metric].mean()
         for policy in sorted(others.index, key=lambda p: POLICY_ORDER.index(p) if p in POLICY_ORDER else 99):
             ax.axhline(others[policy], color=POLICY_COLORS.get(policy, "tab:brown"),
@@ -261,7 +314,8 @@ def pareto_plot(rows: pd.DataFrame, path: Path, metric: str | None = None) -> No
         cost = cost_column(group)
         for policy, points in group.groupby("policy"):
             means = points.groupby("config_id")[[cost, metric]].mean()
-            ax.scatter(means[cost], means[metric], label=policy, s=25)
+            ax.scatter(means[cost], means[metric], label=policy, s=25, color=POLICY_COLORS.get(policy, "tab:brown"),
+                       marker=POLICY_MARKERS.get(policy, "o"))
         ax.set_title(f"1/{int(sampling)} frame sampling")
         ax.set_xlabel(f"GMACs per {'clip' if cost == 'gmacs_per_clip' else 'frame'} (fvcore)")
         ax.set_ylabel(metric)

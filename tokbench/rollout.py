@@ -1,7 +1,8 @@
 """Attention rollout: head fusion, residual + row normalisation, matrix and vector forms.
 
-Pure functions on tensors (docs/method.md section 2). Shapes: B batch, H heads, N tokens (prefix included).
-Attention rows are queries (output tokens), columns are keys (input tokens).
+Pure functions on tensors (docs/method.md section 2), including the streaming variants the engine calls with its
+buffers. Shapes: B batch, H heads, N tokens (prefix included). Attention rows are queries (output tokens), columns
+are keys (input tokens).
 """
 
 from __future__ import annotations
@@ -245,3 +246,161 @@ def unpool_scores(scores: torch.Tensor, grid: tuple[int, int], pool: int, num_pr
     cells = scores[:, num_prefix:].view(b, 1, h // pool, w // pool)
     patches = F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False).flatten(1)
     return torch.cat([scores[:, :num_prefix], patches], dim=1)
+
+
+# -- token indexing ---------------------------------------------------------------------------------------------
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Pick positions ``idx [B, K]`` along ``dim`` of ``x [B, ..., S, ...]`` (same index for every head/channel)."""
+    shape = list(x.shape)
+    shape[dim] = idx.shape[1]
+    view = [idx.shape[0]] + [1] * (x.ndim - 1)
+    view[dim] = idx.shape[1]
+    return x.gather(dim, idx.view(view).expand(shape))
+
+
+def scatter_tokens(buf: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """In-place ``buf[b, ..., idx[b, j], ...] = src[b, ..., j, ...]``; returns ``buf``."""
+    view = [idx.shape[0]] + [1] * (buf.ndim - 1)
+    view[dim] = idx.shape[1]
+    return buf.scatter_(dim, idx.view(view).expand(src.shape), src)
+
+
+# -- streaming rollout (sections 2.6, 2.7): the engine keeps the buffers, these do the math ---------------------
+
+
+def propagate(mats: Sequence[torch.Tensor], start: torch.Tensor, form: str = "vector") -> torch.Tensor:
+    """``a_1^T ... a_L^T start`` in vector form, or through the rollout matrix ``a_L ... a_1`` (from I) in matrix
+    form: ``mats`` L matrices ``[B, S, S]`` first block first, ``start [B, S]`` -> ``[B, S]``, unnormalised."""
+    if form == "vector":
+        return rollout_vector_from(mats, start)
+    rollout = torch.eye(mats[0].shape[-1], dtype=start.dtype, device=start.device).expand_as(mats[0])
+    for a in mats:
+        rollout = a @ rollout
+    return torch.einsum("bij,bi->bj", rollout, start)
+
+
+def pooled_rows(
+    probs: torch.Tensor,
+    previous: torch.Tensor | None,
+    grid: tuple[int, int],
+    pool: int,
+    num_prefix: int,
+    head_fusion: str = "rms",
+    queries: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One block's cell-level rollout matrix (section 2.6): fused rows pooled into cells, identity, row-normalised.
+
+    Args:
+        probs: ``[B, H, S, N']`` attention of queries ``queries [B, S]`` over all ``N' = P + h w`` keys;
+            ``queries None``: all ``N'`` queries in order.
+        previous: ``[B, M, M]`` the block's rows from earlier frames, kept for cells without a query
+            (unused when ``queries`` is None).
+    Returns:
+        ``[B, M, M]``, ``M = P + (h / p)(w / p)``.
+    """
+    pooled, filled = pool_attention(fuse_heads(probs, head_fusion), grid, pool, num_prefix, queries)
+    rows = residual_normalize(pooled)
+    return rows if queries is None else torch.where(filled[..., None], rows, previous)
+
+
+def pooled_start(
+    start: torch.Tensor, grid: tuple[int, int], pool: int, num_prefix: int, anchor_fallback: str = "empty"
+) -> torch.Tensor:
+    """Start weights ``[B, P + h w]`` -> cell weights ``[B, M]`` (``pool_start``); with ``anchor_fallback=empty`` a
+    sample without an anchor cell starts uniformly on the patch cells."""
+    u = pool_start(start, grid, pool, num_prefix)
+    if anchor_fallback == "empty":
+        patch_cells = torch.arange(u.shape[1], device=u.device) >= num_prefix
+        u = torch.where(u.sum(1, keepdim=True) > 0, u, patch_cells / patch_cells.sum())
+    return u
+
+
+def shrinking_rollout(
+    mats: dict[int, torch.Tensor],
+    seq: torch.Tensor | None,
+    start: torch.Tensor,
+    cut: int,
+    block0_columns: str = "cut",
+    form: str = "vector",
+) -> torch.Tensor:
+    """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``).
+
+    Blocks after the cut roll out over the kept tokens. The blocks up to the cut ran on all ``N'`` tokens;
+    their product ``R = a_c ... a_0`` is cut to the kept rows and (``block0_columns=cut``) columns, or keeps
+    all columns (``keep``: every position gets a computed score). At an input cut every block is reduced.
+
+    Args:
+        mats: block -> residual-normalised matrix, ``[B, N', N']`` up to the cut and ``[B, S, S]`` after it.
+        seq: ``[B, S]`` sequence positions after the cut (``None``: nothing pruned).
+        start: ``[B, S]`` weights over the output tokens (``[B, N']`` on a dense task: reduced to the kept anchors).
+        cut: the block whose attention precedes the cut (0 at an input cut).
+    Returns:
+        ``[B, S]`` (``block0_columns=cut``) or ``[B, N']``, unnormalised.
+    """
+    if seq is not None and start.shape[1] != seq.shape[1]:  # dense task without K/V reuse: kept anchors only
+        start = gather_tokens(start, seq)
+        start = torch.where(start.sum(1, keepdim=True) > 0, start, torch.ones_like(start))
+        start = start / start.sum(1, keepdim=True)
+    later = [mats[b] for b in sorted(mats) if b > cut]
+    v = propagate(later, start, form) if later else start
+    full = [mats[b] for b in sorted(mats) if b <= cut]  # first block first
+    if seq is not None and full[-1].shape[1] != seq.shape[1]:  # cut R: kept rows of a_c, kept columns of a_0
+        full[-1] = gather_tokens(full[-1], seq, dim=1)
+        if block0_columns == "cut":
+            full[0] = gather_tokens(full[0], seq, dim=2)
+    for a in reversed(full):
+        v = torch.bmm(v.unsqueeze(1), a).squeeze(1)
+    return v
+
+
+def nearest_kept_fill(kept_scores: torch.Tensor, keep: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Scores of all N patches from the kept ones: a pruned patch takes its nearest kept patch's score.
+
+    Args:
+        kept_scores: ``[B, n]`` scores of the kept patches ``keep [B, n]``.
+        feats: ``[B, N, D]`` matching features, nearness by raw dot product: the cut block's head-averaged keys
+            (``D = Ch``), or the patch embeddings at an input cut (``D = C``).
+    Returns:
+        ``[B, N]``.
+    """
+    nearest = torch.einsum("bnc,bkc->bnk", feats, gather_tokens(feats, keep)).argmax(dim=-1)
+    return scatter_tokens(kept_scores.gather(1, nearest), keep, kept_scores)
+
+
+def patch_heatmap(
+    scores: torch.Tensor,
+    keep: torch.Tensor | None,
+    feats: torch.Tensor,
+    previous: torch.Tensor | None,
+    num_prefix: int,
+    fill: str = "computed",
+    norm: str = "sum",
+) -> tuple[torch.Tensor, int]:
+    """A frame's rollout over all N patches: ``[B, N]`` and the number of degenerate samples.
+
+    Args:
+        scores: ``[B, P + n]`` (kept tokens only) or ``[B, P + N]`` rollout scores.
+        keep: ``[B, n]`` kept patches (``None``: all).
+        feats: ``[B, N, D]`` features of ``nearest_kept_fill``, which fills patches without a score (and every
+            pruned patch under ``fill=nearest_kept``).
+        previous: ``[B, N]`` the previous heatmap, whose pruned positions ``fill=previous`` keeps (``None`` on
+            frames that do not fill from it).
+    Returns:
+        The heatmap, every all-zero or non-finite sample replaced by uniform scores, sum-normalised under
+        ``norm=sum``; and the count of replaced samples.
+    """
+    scores, num_patches = scores[:, num_prefix:], feats.shape[1]
+    if fill == "previous" and previous is not None:
+        kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
+        scores = scatter_tokens(previous.clone(), keep, kept)
+    elif scores.shape[1] < num_patches or (fill == "nearest_kept" and keep is not None):
+        kept = scores if scores.shape[1] < num_patches else scores.gather(1, keep)
+        scores = nearest_kept_fill(kept, keep, feats)
+    bad = ~torch.isfinite(scores).all(dim=1) | (scores.sum(dim=1) <= 0)
+    if bad.any():
+        scores = torch.where(bad[:, None], torch.ones_like(scores), scores)
+    if norm == "sum":
+        scores = sum_normalize(scores)
+    return scores, int(bad.sum())

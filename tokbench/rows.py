@@ -9,26 +9,25 @@ from __future__ import annotations
 import statistics
 import traceback
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from tokbench.config import MethodConfig
+from tokbench import intervals
 from tokbench.engine import FULL, PRUNED, RESET
 from tokbench.errors import DataError
-from tokbench.flop_table import fvcore_kind_costs, fvcore_temporal_head_gmacs, unit_columns, unit_of
-from tokbench.metrics import kl_to_dense, map50, map50_vs_dense, top1, top1_agreement
+from tokbench.flop_table import cost_columns, kind_costs
+from tokbench.jobs import Job
+from tokbench.metrics import dense_targets
 from tokbench.models.zoo import LoadedModel
 from tokbench.records import detections_from_json
 
-if TYPE_CHECKING:
-    from tokbench.pipeline import Job
-
 
 def frame_counts(frames: list[dict]) -> dict:
-    """Frame counts per kind and their fractions from per-frame records; a reset is full (all patches) or pattern
-    (a fixed subset). ``frac_full_frames`` counts the frames processed in full: the first frame of every clip and
-    the full resets."""
+    """Frame counts per kind and their fractions, and the step timing, from per-frame records; a reset is full (all
+    patches) or pattern (a fixed subset). ``frac_full_frames`` counts the frames processed in full: the first frame
+    of every clip and the full resets."""
     n = len(frames)
     full = sum(f["kind"] == FULL for f in frames)
     pattern = sum(f["kind"] == RESET and f["pattern_reset"] for f in frames)
@@ -44,6 +43,8 @@ def frame_counts(frames: list[dict]) -> dict:
         "kept_tokens_mean": statistics.fmean(f["kept_tokens"] for f in frames) if frames else 0.0,
         "nan_heatmap_frames": sum(f["degenerate_heatmap"] for f in frames),
         "step_ms_median": statistics.median(f["step_ms"] for f in frames) if frames else 0.0,
+        # clips per batched engine step (step_ms is the batched step's time / clip_batch); the largest batch run
+        "clip_batch": max((f.get("clip_batch", 1) for f in frames), default=1),
     }
 
 
@@ -66,10 +67,18 @@ def video_logits(records: dict[int, dict], views: int = 1) -> torch.Tensor:
     return per_video(logits, views) if views > 1 else logits
 
 
+RESAMPLES = 1000  # bootstrap resamples of the clips (videos for multi-view classification) per row
+LEVEL = 0.95
+
+
 def summarise(loaded: LoadedModel, job: Job, records: dict[int, dict], views: int = 1,
-              dense: dict[int, dict] | None = None) -> dict:
+              dense: dict[int, dict] | None = None, resamples: int = RESAMPLES, seed: int = 0,
+              samples: dict[str, np.ndarray] | None = None) -> dict:
     """Frame counts, timings and metrics of a job from its records (clip -> record, every clip run); ``dense``
-    the dense job's records at the same sampling (fidelity)."""
+    the dense job's records at the same sampling (fidelity). Every metric gets a 95 % bootstrap interval over the
+    clips (``<metric>_ci_low`` / ``_ci_high``): ``resamples`` resamples drawn with ``seed``, the same for every
+    job run on the same clips, so two jobs' samples pair up (``paired``); mAP is recomputed on each resample.
+    ``samples``, if given, receives each metric's per-resample values ``[R]``."""
     ordered = [records[c] for c in sorted(records)]
     frames = [f for r in ordered for f in r["frames"]]
     videos = [r["video"] for r in ordered]
@@ -77,36 +86,66 @@ def summarise(loaded: LoadedModel, job: Job, records: dict[int, dict], views: in
         raise DataError(f"the dataset's clips do not come in runs of {views} views of one video")
     summary = frame_counts(frames) | {"clips_run": len(ordered), "videos_run": len(ordered) // views}
     fidelity = dense is not None and not job.dense and all(c in dense for c in records)
-    if loaded.kind == "detect":
-        preds = [detections_from_json(d) for r in ordered for d in r["detections"]]
-        if all("targets" in r for r in ordered):
-            summary["map50"] = map50(preds, [detections_from_json(d) for r in ordered for d in r["targets"]])
-        if fidelity:
-            reference = [detections_from_json(d) for c in sorted(records) for d in dense[c]["detections"]]
-            summary["map50_vs_dense"] = map50_vs_dense(preds, reference)
-    elif loaded.kind == "action":
-        logits, labels = video_logits(records, views), [r["label"] for r in ordered][::views]
-        if all(label is not None for label in labels):
-            summary["top1"] = top1(logits, torch.tensor(labels))
-        if fidelity:
-            reference = video_logits({c: dense[c] for c in records}, views)
-            summary["top1_agreement"] = top1_agreement(logits, reference)
-            summary["kl_to_dense"] = kl_to_dense(logits, reference)
-    elif not job.dense and all("agree" in r for r in ordered):
-        n = len(frames)
-        summary["top1_agreement"] = 100.0 * sum(r["agree"] for r in ordered) / max(1, n)
-        summary["kl_to_dense"] = sum(r["kl_sum"] for r in ordered) / max(1, n)
-    elif not job.dense and all("cos_pooled_sum" in r for r in ordered):
-        for name in ("pooled", "tokens"):
-            n = sum(r[f"cos_{name}_n"] for r in ordered)
-            summary[f"cosine_{name}"] = sum(r[f"cos_{name}_sum"] for r in ordered) / max(1, n)
+    units = len(ordered) // views if loaded.kind == "action" else len(ordered)
+    weights = np.ones((1, units), np.int64)
+    if resamples:
+        weights = np.vstack([weights, intervals.resample_weights(units, resamples, seed)])
+    found = _metric_samples(loaded.kind, job, ordered, views, [dense[c] for c in sorted(records)] if fidelity
+                            else None, weights)
+    for name, values in found.items():
+        summary[name] = float(values[0])
+        if resamples:
+            summary[f"{name}_ci_low"], summary[f"{name}_ci_high"] = intervals.interval(values[1:], LEVEL)
+        if samples is not None:
+            samples[name] = values[1:]
+    if resamples:
+        summary |= {"ci_resamples": resamples, "ci_level": LEVEL}
     return summary
 
 
+def _metric_samples(kind: str, job: Job, ordered: list[dict], views: int, dense: list[dict] | None,
+                    weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric on the original sample (row 0 of ``weights [1 + R, units]``, all ones) and on every resample:
+    ``{metric: [1 + R]}``. Units are clips, or videos for ``action``."""
+    out: dict[str, np.ndarray] = {}
+    if kind == "detect":
+        preds = [[detections_from_json(d) for d in r["detections"]] for r in ordered]
+        if all("targets" in r for r in ordered):
+            table = intervals.DetectionTable.from_clips(preds, [[detections_from_json(d) for d in r["targets"]]
+                                                                for r in ordered])
+            out["map50"] = table.map50(weights)
+            out |= {f"map50_{speed}": values for speed, values in table.map50_by_motion(weights).items()}
+        if dense is not None:
+            pseudo = [[dense_targets(detections_from_json(d)) for d in r["detections"]] for r in dense]
+            out["map50_vs_dense"] = intervals.DetectionTable.from_clips(preds, pseudo).map50(weights)
+    elif kind == "action":
+        logits = video_logits(dict(enumerate(ordered)), views)
+        labels = [r["label"] for r in ordered][::views]
+        if all(label is not None for label in labels):
+            out["top1"] = intervals.top1((logits.argmax(-1) == torch.tensor(labels)).numpy(), weights)
+        if dense is not None:
+            reference = video_logits(dict(enumerate(dense)), views)
+            out["top1_agreement"] = intervals.top1((logits.argmax(-1) == reference.argmax(-1)).numpy(), weights)
+            kl = F.kl_div(logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none")
+            out["kl_to_dense"] = intervals.ratio(kl.sum(-1).numpy(), np.ones(len(kl)), weights)
+    elif not job.dense and all("agree" in r for r in ordered):
+        n = np.array([len(r["frames"]) for r in ordered], dtype=np.float64)
+        out["top1_agreement"] = 100.0 * intervals.ratio(np.array([r["agree"] for r in ordered], float), n, weights)
+        out["kl_to_dense"] = intervals.ratio(np.array([r["kl_sum"] for r in ordered]), n, weights)
+    elif not job.dense and all("cos_pooled_sum" in r for r in ordered):
+        for name in ("pooled", "tokens"):
+            sums = np.array([r[f"cos_{name}_sum"] for r in ordered])
+            out[f"cosine_{name}"] = intervals.ratio(sums, np.array([r[f"cos_{name}_n"] for r in ordered], float),
+                                                    weights)
+    return out
+
+
 def build_row(loaded: LoadedModel, job: Job, records: dict[int, dict], *, views: int = 1,
-              dense: dict[int, dict] | None = None, sample: torch.Tensor | None = None) -> dict:
-    """A job's row: naming columns, frame counts, metrics, GMACs (fvcore, traced on ``sample`` where given),
-    ``error`` (the first failed clip's, else empty) and ``wall_s`` (summed over its records)."""
+              dense: dict[int, dict] | None = None, sample: torch.Tensor | None = None,
+              resamples: int = RESAMPLES, samples: dict[str, np.ndarray] | None = None) -> dict:
+    """A job's row: naming columns, frame counts, metrics with their bootstrap intervals (``resamples``;
+    ``samples`` receives the per-resample values), GMACs (fvcore, traced on ``sample`` where given), ``error``
+    (the first failed clip's, else empty) and ``wall_s`` (summed over its records)."""
     row = {"config_id": job.config_id, **job.identity, "convention": "fvcore", "error": job.error}
     failed = [r for c, r in sorted(records.items()) if r.get("error")]
     if job.error or failed:
@@ -114,7 +153,7 @@ def build_row(loaded: LoadedModel, job: Job, records: dict[int, dict], *, views:
             row |= {"error": failed[0]["error"], "traceback": failed[0].get("traceback", "")}
     else:
         try:
-            summary = summarise(loaded, job, records, views, dense)
+            summary = summarise(loaded, job, records, views, dense, resamples, samples=samples)
             row |= summary
             if sample is not None:
                 row |= cost_columns(loaded, job.config, kind_costs(loaded, job.config, sample), summary)
@@ -124,44 +163,3 @@ def build_row(loaded: LoadedModel, job: Job, records: dict[int, dict], *, views:
             row |= {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=3)}
     row["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in records.values()), 2)
     return row
-
-
-# ----------------------------------------------------------------------------------------------------- GMACs
-
-
-_COSTS: dict[tuple[int, MethodConfig], dict] = {}
-_HEADS: dict[tuple[int, str], float] = {}
-
-
-def kind_costs(loaded: LoadedModel, config: MethodConfig, sample: torch.Tensor) -> dict:
-    """fvcore costs per frame kind of ``config`` (seed aside) traced on ``sample`` (one step of the data)."""
-    key = (id(loaded.model), config.replace(seed=0))
-    if key not in _COSTS:
-        _COSTS[key] = fvcore_kind_costs(loaded, loaded.engine(config).resolved, sample)[0]
-    return _COSTS[key]
-
-
-def cost_columns(loaded: LoadedModel, config: MethodConfig, per_kind: dict, summary: dict) -> dict:
-    """GMACs of the frames that ran (fvcore): per frame for detection (all frames, first and reset frames
-    included), per clip for classification (docs/method.md 8: views x (spatial steps + temporal encoder +
-    classifier), averaged over the videos run); per-kind costs and the overhead split in the same unit."""
-    counts = {"full": summary["frames_full"], "reset": summary["frames_reset"], "pattern": summary["frames_pattern"],
-              "pruned": summary["frames_pruned"]}
-    unit = unit_of(loaded)
-    if unit == "clip":
-        clips = max(1, summary.get("clips_run", 1))
-        views = clips / max(1, summary.get("videos_run", clips))
-        counts = {k: c / clips for k, c in counts.items()}
-        columns = unit_columns(per_kind, counts, unit=unit, views=views, head_gmacs=_head_gmacs(loaded, config))
-    else:
-        columns = unit_columns(per_kind, counts, unit=unit)
-    kept = per_kind["pruned"] if "pruned" in per_kind else per_kind["full"]
-    return {"unit": unit, **columns, "keep_tokens": kept.kept_tokens}
-
-
-def _head_gmacs(loaded: LoadedModel, config: MethodConfig) -> float:
-    """fvcore GMACs of one view's temporal encoder + classifier (0 where each step carries its own head)."""
-    key = (id(loaded.model), config.sdpa_flops)
-    if key not in _HEADS:
-        _HEADS[key] = fvcore_temporal_head_gmacs(loaded, config.sdpa_flops)
-    return _HEADS[key]

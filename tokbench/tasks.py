@@ -37,8 +37,9 @@ class ClassificationTask:
     dense: bool = False
 
     def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens [B, S, C]`` -> logits ``[B, classes]``."""
-        return vit.classify(tokens)
+        """``tokens [B, S, C]`` -> logits ``[B, classes]``, one sample at a time: a matrix-vector product (B = 1)
+        rounds differently from a matrix product, and a clip's logits must not depend on its batch partners."""
+        return torch.cat([vit.classify(tokens[b : b + 1]) for b in range(tokens.shape[0])])
 
     def rollout_start(self, vit: ViTAdapter, predictions, tokens: torch.Tensor, grid) -> torch.Tensor:
         return default_start(vit, tokens)

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -64,10 +65,12 @@ def _save(out: Path, name: str, model: torch.nn.Module, card: dict, evaluate, ch
 
 
 @torch.no_grad()
-def evaluate_detector(model: ViTDetector, num_clips: int, num_frames: int = 32, seed: int = 0) -> float:
-    """Dense mAP50 (percent) on the first ``num_clips`` val clips."""
+def evaluate_detector(model: ViTDetector, num_clips: int, num_frames: int = 32, seed: int = 0,
+                      version: int = 2) -> float:
+    """Dense mAP50 (percent) on the first ``num_clips`` val clips of synthvid spec ``version`` (2: ``synthvid``,
+    1: ``synthvid-fast``)."""
     model.eval()
-    data = SyntheticDetection("val", num_clips=num_clips, num_frames=num_frames, seed=seed)
+    data = SyntheticDetection("val", num_clips=num_clips, num_frames=num_frames, seed=seed, version=version)
     preds, targets = [], []
     for clip in data:
         for chunk in torch.split(torch.arange(clip.frames.shape[0]), 16):
@@ -115,11 +118,15 @@ def _card(name: str, spec, *, command: str, seed: int, steps: int, batch: int, l
     }
 
 
+DETECTOR_NAMES = {2: "synthvid-det", 1: "synthvid-fast-det"}  # spec version -> shipped detector trained on it
+
+
 def train_detector(
     *, steps: int, batch: int = 16, lr: float = 5e-4, seed: int = 0, val_clips: int = 50, out: Path,
-    command: str, progress: Progress | None = None,
+    command: str, progress: Progress | None = None, version: int = 2,
 ) -> dict:
-    """Train the benchmark detector from scratch on independent synthetic frames; returns the card."""
+    """Train the benchmark detector from scratch on independent synthetic frames of spec ``version`` (2:
+    ``synthvid``, 1: ``synthvid-fast``), validated on that version's val clips; returns the card."""
     torch.manual_seed(seed)
     spec = DetectorSpec()
     model = ViTDetector(spec).train()
@@ -130,17 +137,20 @@ def train_detector(
         target = centre_targets([t for _, t in chunk], grid, spec.patch_size, spec.num_classes)
         return detection_loss(model(images), target)
 
-    frames = detection_frames("train", n=steps * batch, seed=seed, size=spec.img_size)
+    frames = detection_frames("train", n=steps * batch, seed=seed, size=spec.img_size, version=version)
     minutes = _fit(model, _batches(frames, batch), steps, lr, loss_fn, progress)
-    metric = evaluate_detector(model, val_clips, seed=0)
+    evaluate = partial(evaluate_detector, version=version)
+    metric = evaluate(model, val_clips, seed=0)
+    name = DETECTOR_NAMES[version]
     card = _card(
-        "synthvid-det", spec, command=command, seed=seed, steps=steps, batch=batch, lr=lr, minutes=minutes,
-        train_data={"generator": "detection_frames", "split": "train", "frames": steps * batch},
-        val_data=SyntheticDetection("val", num_clips=val_clips).spec(),
+        name, spec, command=command, seed=seed, steps=steps, batch=batch, lr=lr, minutes=minutes,
+        train_data={"generator": "detection_frames", "split": "train", "frames": steps * batch,
+                    "spec_version": version},
+        val_data=SyntheticDetection("val", num_clips=val_clips, version=version).spec(),
         val_metric={"name": "map50", "value": round(metric, 2), "clips": val_clips, "frames_per_clip": 32,
                     "mode": "dense, every frame"},
     )
-    return _save(out, "synthvid-det", model, card, evaluate_detector, check_clips=6)
+    return _save(out, name, model, card, evaluate, check_clips=6)
 
 
 @torch.no_grad()

@@ -141,11 +141,3 @@ class ViTAdapter:
         """
         return k[:, :, self.num_prefix :].mean(dim=1)
 
-
-def adapter_for(model: nn.Module | ViTAdapter) -> ViTAdapter:
-    """The adapter that drives ``model``: plain timm ViTs, or ViTDet-style ``VisionTransformerSAM``."""
-    if isinstance(model, ViTAdapter):
-        return model
-    from tokbench.vit_windowed import WindowedViTAdapter, is_windowed_model
-
-    return WindowedViTAdapter(model) if is_windowed_model(model) else ViTAdapter(model)

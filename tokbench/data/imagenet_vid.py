@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tokbench.data.motion import boxes_by_track, motion_iou
 from tokbench.data.synthetic import Clip
 from tokbench.data.video import LazyFrames, check_sampling, fit_size, to_float
 from tokbench.errors import DataError
@@ -154,7 +155,8 @@ class ImageNetVID:
     ``0, stride, 2 * stride, ...`` (at most ``num_frames``; default ``None``: all of them), each resized by
     ``input_geometry`` to the top-left ``valid_hw = (h, w)`` region, the rest 0 here and exactly 0 in the network
     input; ``targets`` per frame ``{"boxes": float32 [M, 4] xyxy px of the network input, "labels": int64 [M]}``
-    with labels indexing ``class_names``; ``track_ids`` per frame int64 ``[M]`` (the XML ``trackid``). ``clip_id``
+    with labels indexing ``class_names`` and ``"motion_iou": float32 [M]`` (FGFA, over the snippet's frames);
+    ``track_ids`` per frame int64 ``[M]`` (the XML ``trackid``). ``clip_id``
     is the snippet name. Annotations are parsed when the clip is built.
     """
 
@@ -210,6 +212,11 @@ class ImageNetVID:
             boxes, labels, tracks = read_annotation(self.annotations_dir / snippet / f"{path.stem}.xml", W, H)
             targets.append({"boxes": torch.from_numpy(boxes * scale), "labels": torch.from_numpy(labels)})
             track_ids.append(torch.from_numpy(tracks))
+        by_track = boxes_by_track([t["boxes"].numpy() for t in targets], [i.numpy() for i in track_ids])
+        miou = motion_iou(by_track)  # [T, tracks], over the snippet's frames (FGFA: +-10 frames)
+        ids = np.unique(np.concatenate([i.numpy() for i in track_ids] or [np.zeros(0, np.int64)]))
+        for t, (target, tracks) in enumerate(zip(targets, track_ids, strict=True)):
+            target["motion_iou"] = torch.from_numpy(miou[t, np.searchsorted(ids, tracks.numpy())].astype(np.float32))
 
         def frame(i: int) -> torch.Tensor:
             out = torch.zeros(3, self.size, self.size)

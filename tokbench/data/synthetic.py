@@ -25,6 +25,19 @@ _SALT = 0x70C_BE4C
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "star")
 TEXTURES = ("radial", "checker", "stripes", "flat", "rings", "dots")
 
+# Per detection class (SHAPES order): base RGB colour and texture, so classes differ in appearance as well as in shape.
+DETECTION_PALETTE = np.array(
+    [
+        [0.90, 0.30, 0.15],  # disc: red-orange
+        [0.20, 0.35, 0.90],  # square: blue
+        [0.20, 0.78, 0.25],  # triangle: green
+        [0.95, 0.85, 0.20],  # ring: yellow
+        [0.80, 0.20, 0.80],  # cross: magenta
+        [0.20, 0.85, 0.90],  # star: cyan
+    ]
+)
+DETECTION_TEXTURES = tuple(TEXTURES.index(t) for t in ("radial", "checker", "stripes", "flat", "rings", "dots"))
+
 
 @dataclass(frozen=True)
 class Clip:

@@ -229,7 +229,7 @@ class SyntheticAction(SyntheticClips):
     def spec(self) -> dict:
         """The data specification, for model cards and run provenance."""
         return {
-            "name": "synthetic-action",
+            "name": "synthaction",
             "task": "action",
             "spec_version": SPEC_VERSION,
             "split": self.split,

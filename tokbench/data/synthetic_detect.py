@@ -1,27 +1,33 @@
-"""Synthetic VID: procedurally generated detection clips, tokbench's embedded default detection benchmark.
+"""Synthetic VID: procedurally generated detection clips, tokbench's embedded detection benchmark, in two versions.
 
-Each clip is a slowly panning textured background with 1-4 objects of six classes (shape and colour/texture both
-differ per class) that move at 1.5-7 px/frame, bounce off the frame edges, breathe in scale, spin, and overlap in
-depth order. Like ImageNet VID most of the frame is background, and at patch 16 with every 4th frame kept the
-objects move about one patch per kept frame (``detection_stats`` measures both).
+``version=2`` (``synthvid``, the default) is calibrated to ImageNet VID val: motion-IoU speed mix, box sizes tied
+to speed, mostly one object, a hand-held camera, lighting drift (``synthetic_detect_v2``).
+``version=1`` (``synthvid-fast``, frozen: bit-identical frames and boxes) is a slowly panning textured background
+with 1-4 objects of six classes (shape and colour/texture both differ per class) that move at 1.5-7 px/frame,
+bounce off the frame edges, breathe in scale, spin, and overlap in depth order; almost all of them are small and
+fast by VID's standards (``detection_stats`` measures this).
 
 Motion is closed-form in time (bouncing is a triangle wave), so any frame of any clip can be drawn on its own:
 ``SyntheticDetection`` draws clips, ``detection_frames`` draws independent single frames for training detectors.
-Clip ``i`` of a split is a function of ``(seed, split, i)`` only; it does not depend on ``num_frames`` (a shorter
-clip is a prefix of a longer one) or on the number of clips.
+Clip ``i`` of a split is a function of ``(seed, split, i)`` only; its frames and boxes do not depend on
+``num_frames`` (a shorter clip is a prefix of a longer one) or on the number of clips. Its ``motion_iou`` targets
+are computed over the clip's own frames, so they do depend on ``num_frames`` near the end of the clip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
+from tokbench.data import synthetic_detect_v2 as v2
+from tokbench.data.motion import box_stats, motion_iou
 from tokbench.data.synthetic import (
+    DETECTION_PALETTE,
+    DETECTION_TEXTURES,
     SHAPES,
-    TEXTURES,
     Clip,
     Stamp,
     SyntheticClips,
@@ -37,24 +43,14 @@ from tokbench.data.synthetic import (
     split_id,
     textured_background,
 )
+from tokbench.errors import ConfigError
 
 DETECTION_CLASSES = SHAPES
 DEFAULT_NUM_CLIPS = {"train": 1024, "val": 64, "test": 64}
-SPEC_VERSION = 1
-_STREAM_CLIPS, _STREAM_FRAMES = 1, 2  # seed streams of SyntheticDetection and detection_frames
+SPEC_VERSION = 2  # the default version of SyntheticDetection
+_STREAM_CLIPS, _STREAM_FRAMES = 1, 2  # v1 seed streams of SyntheticDetection and detection_frames
 
-# Per class: base RGB colour and texture, so classes differ in appearance as well as in shape.
-_PALETTE = np.array(
-    [
-        [0.90, 0.30, 0.15],  # disc: red-orange
-        [0.20, 0.35, 0.90],  # square: blue
-        [0.20, 0.78, 0.25],  # triangle: green
-        [0.95, 0.85, 0.20],  # ring: yellow
-        [0.80, 0.20, 0.80],  # cross: magenta
-        [0.20, 0.85, 0.90],  # star: cyan
-    ]
-)
-_CLASS_TEXTURE = tuple(TEXTURES.index(t) for t in ("radial", "checker", "stripes", "flat", "rings", "dots"))
+_PALETTE, _CLASS_TEXTURE = DETECTION_PALETTE, DETECTION_TEXTURES
 
 
 @dataclass(frozen=True)
@@ -187,25 +183,64 @@ def _render(
     return add_sensor_noise(frame, noise_rng, spec.noise_std)
 
 
-def _target(scene: _Scene, boxes: np.ndarray, keep: np.ndarray) -> dict[str, torch.Tensor]:
+def _target(labels: np.ndarray, boxes: np.ndarray, keep: np.ndarray) -> dict[str, torch.Tensor]:
+    """Target of one frame from all objects' ``labels`` ``[M]``, ``boxes`` ``[M, 4]`` and ``keep`` ``[M]``."""
     return {
         "boxes": torch.from_numpy(boxes[keep].astype(np.float32)).reshape(-1, 4),
-        "labels": torch.from_numpy(scene.labels[keep].astype(np.int64)),
+        "labels": torch.from_numpy(labels[keep].astype(np.int64)),
     }
+
+
+@dataclass(frozen=True)
+class _Version:
+    """How one spec version draws: its settings type, seed streams, scene sampler, rasteriser and renderer.
+
+    ``frame_times``: ``detection_frames`` looks at each scene at a random integer time in ``[0, frame_times)``.
+    """
+
+    spec_type: type
+    clip_stream: int
+    frame_stream: int
+    frame_times: int
+    sample: Callable  # (rng, spec) -> scene
+    stamps: Callable  # (scene, t, spec) -> list[Stamp]
+    render: Callable  # (scene, stamps, t, spec, noise_rng) -> [3, size, size]
+    clip_prefix: str
+
+
+VERSIONS = {
+    1: _Version(DetectionSpec, _STREAM_CLIPS, _STREAM_FRAMES, 128, _sample_scene,
+                lambda scene, t, spec: _object_stamps(scene, t), _render, "synthetic-vid"),
+    2: _Version(v2.DetectionSpecV2, 5, 6, 32, v2.sample_scene,
+                lambda scene, t, spec: v2.object_stamps(scene, t, spec.size),
+                lambda scene, stamps, t, spec, rng: v2.render(scene, stamps, t, spec.size, rng), "synthetic-vid-v2"),
+}
+
+
+def _version(version: int, generator_spec=None) -> _Version:
+    if version not in VERSIONS:
+        raise ConfigError(f"unknown synthetic detection spec version {version}; known: {sorted(VERSIONS)}")
+    kind = VERSIONS[version]
+    if generator_spec is not None and not isinstance(generator_spec, kind.spec_type):
+        raise ConfigError(f"spec version {version} takes a {kind.spec_type.__name__}, "
+                          f"got a {type(generator_spec).__name__}")
+    return kind
 
 
 class SyntheticDetection(SyntheticClips):
     """Deterministic synthetic detection clips (see module docstring); a map-style dataset of ``Clip``.
 
     ``dataset[i]`` is a ``Clip`` with ``frames`` float32 ``[num_frames, 3, size, size]`` in [0, 1], ``targets``
-    (per frame ``{"boxes": float32 [M, 4] xyxy px, "labels": int64 [M]}``) and ``track_ids`` (per frame int64
-    ``[M]``). ``num_clips`` defaults to ``DEFAULT_NUM_CLIPS[split]``. ``generator_spec`` sets the remaining
-    generator settings; ``size`` and ``num_frames`` always override its own.
+    (per frame ``{"boxes": float32 [M, 4] xyxy px, "labels": int64 [M], "motion_iou": float32 [M]}``, the motion
+    IoU of each box over the clip's frames, NaN for a box whose object is in no other frame of its +-10 window)
+    and ``track_ids`` (per frame int64 ``[M]``). ``version`` picks the generator (2: VID-calibrated ``synthvid``,
+    1: the frozen ``synthvid-fast``). ``num_clips`` defaults to ``DEFAULT_NUM_CLIPS[split]``. ``generator_spec``
+    (a ``DetectionSpec`` for version 1, ``DetectionSpecV2`` for 2) sets the remaining generator settings;
+    ``size`` and ``num_frames`` always override its own.
     """
 
     class_names = DETECTION_CLASSES
     default_num_clips = DEFAULT_NUM_CLIPS
-    spec_type = DetectionSpec
 
     def __init__(
         self,
@@ -214,29 +249,41 @@ class SyntheticDetection(SyntheticClips):
         num_frames: int = 32,
         size: int = 320,
         seed: int = 0,
-        generator_spec: DetectionSpec | None = None,
+        generator_spec: DetectionSpec | v2.DetectionSpecV2 | None = None,
+        version: int = SPEC_VERSION,
     ) -> None:
+        self._kind = _version(version, generator_spec)
+        self.version = version
+        self.spec_type = self._kind.spec_type
         super().__init__(split, num_clips, num_frames, size, seed, generator_spec)
 
-    def _scene(self, index: int) -> _Scene:
+    def _scene(self, index: int):
         self._check_index(index)
-        return _sample_scene(make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, 0), self.generator_spec)
+        rng = make_rng(self.seed, self._split_id, self._kind.clip_stream, index, 0)
+        if self.version == 1:
+            return self._kind.sample(rng, self.generator_spec)
+        quantiles = v2.strata(make_rng(self.seed, self._split_id, self._kind.clip_stream), index)
+        return self._kind.sample(rng, self.generator_spec, quantiles)
 
     def __getitem__(self, index: int) -> Clip:
-        scene = self._scene(index)
-        frames, targets, track_ids = [], [], []
+        scene, spec = self._scene(index), self.generator_spec
+        frames, all_boxes, keeps = [], [], []
         for t in range(self.num_frames):
-            noise_rng = make_rng(self.seed, self._split_id, _STREAM_CLIPS, index, t + 1)
-            stamps = _object_stamps(scene, t)
-            frames.append(_render(scene, stamps, t, self.generator_spec, noise_rng))
-            boxes, keep = _annotate(stamps, self.size, self.generator_spec)
-            targets.append(_target(scene, boxes, keep))
-            track_ids.append(torch.from_numpy(np.flatnonzero(keep).astype(np.int64)))
+            noise_rng = make_rng(self.seed, self._split_id, self._kind.clip_stream, index, t + 1)
+            stamps = self._kind.stamps(scene, t, spec)
+            frames.append(self._kind.render(scene, stamps, t, spec, noise_rng))
+            boxes, keep = _annotate(stamps, self.size, spec)
+            all_boxes.append(boxes)
+            keeps.append(keep)
+        boxes, keep = np.stack(all_boxes), np.stack(keeps)  # [T, M, 4], [T, M]
+        miou = motion_iou(np.where(keep[..., None], boxes, np.nan)).astype(np.float32)  # [T, M]
+        targets = [_target(scene.labels, b, k) | {"motion_iou": torch.from_numpy(m[k])}
+                   for b, k, m in zip(boxes, keep, miou, strict=True)]
         return Clip(
             frames=frames_to_tensor(frames),
-            clip_id=f"synthetic-vid/{self.split}/seed{self.seed}/{index:05d}",
+            clip_id=f"{self._kind.clip_prefix}/{self.split}/seed{self.seed}/{index:05d}",
             targets=targets,
-            track_ids=track_ids,
+            track_ids=[torch.from_numpy(np.flatnonzero(k).astype(np.int64)) for k in keep],
         )
 
     def annotations(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -247,7 +294,7 @@ class SyntheticDetection(SyntheticClips):
         scene = self._scene(index)
         per_frame = []
         for t in range(self.num_frames):
-            boxes, keep = _annotate(_object_stamps(scene, t), self.size, self.generator_spec)
+            boxes, keep = _annotate(self._kind.stamps(scene, t, self.generator_spec), self.size, self.generator_spec)
             boxes[~keep] = np.nan
             per_frame.append(boxes)
         return scene.labels.copy(), per_frame
@@ -255,15 +302,16 @@ class SyntheticDetection(SyntheticClips):
     def spec(self) -> dict:
         """The data specification, for model cards and run provenance."""
         return {
-            "name": "synthetic-vid",
+            "name": "synthvid" if self.version == 2 else "synthvid-fast",
             "task": "detection",
-            "spec_version": SPEC_VERSION,
+            "spec_version": self.version,
             "split": self.split,
             "seed": self.seed,
             "num_clips": self.num_clips,
             "class_names": list(self.class_names),
             "frames": "float32 [T, 3, H, W] RGB in [0, 1]",
-            "targets": "per frame {'boxes': float32 [M, 4] xyxy px, 'labels': int64 [M]}",
+            "targets": "per frame {'boxes': float32 [M, 4] xyxy px, 'labels': int64 [M], "
+                       "'motion_iou': float32 [M] (FGFA, +-10 frames within the clip)}",
             "seeding": "numpy SeedSequence([salt, seed, split_id, stream, clip_index, frame_or_0])",
             **asdict(self.generator_spec),
         }
@@ -274,24 +322,28 @@ def detection_frames(
     n: int = 1000,
     seed: int = 0,
     size: int = 320,
-    generator_spec: DetectionSpec | None = None,
+    generator_spec: DetectionSpec | v2.DetectionSpecV2 | None = None,
+    version: int = SPEC_VERSION,
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """``n`` independent single frames for detector training: ``(frame [3, H, W], target)`` pairs.
 
-    Frame ``i`` is a fresh random scene seen at a random time in [0, 128) frames, drawn from a seed stream
-    disjoint from the clips of ``SyntheticDetection``; it depends only on ``(seed, split, i)``.
+    Frame ``i`` is a fresh random scene of spec ``version`` seen at a random time (in [0, 128) frames for
+    version 1, [0, 32) for version 2), drawn from a seed stream disjoint from the clips of ``SyntheticDetection``;
+    it depends only on ``(seed, split, i)``. Targets are ``{"boxes" [M, 4], "labels" [M]}`` (no motion IoU: a
+    single frame has no neighbours).
     """
-    spec = replace(generator_spec or DetectionSpec(), size=size)
+    kind = _version(version, generator_spec)
+    spec = replace(generator_spec or kind.spec_type(), size=size)
     check_dims(size, 1, n)
     sid = split_id(split)
     for i in range(n):
-        rng = make_rng(seed, sid, _STREAM_FRAMES, i, 0)
-        scene = _sample_scene(rng, spec)
-        t = float(rng.integers(0, 128))
-        stamps = _object_stamps(scene, t)
-        frame = _render(scene, stamps, t, spec, make_rng(seed, sid, _STREAM_FRAMES, i, 1))
+        rng = make_rng(seed, sid, kind.frame_stream, i, 0)
+        scene = kind.sample(rng, spec)
+        t = float(rng.integers(0, kind.frame_times))
+        stamps = kind.stamps(scene, t, spec)
+        frame = kind.render(scene, stamps, t, spec, make_rng(seed, sid, kind.frame_stream, i, 1))
         boxes, keep = _annotate(stamps, spec.size, spec)
-        yield torch.from_numpy(frame), _target(scene, boxes, keep)
+        yield torch.from_numpy(frame), _target(scene.labels, boxes, keep)
 
 
 def detection_stats(
@@ -303,11 +355,13 @@ def detection_stats(
     ``box_area_frac``: mean area of one box / frame area.
     ``center_disp_patches_per_frame`` / ``center_disp_patches_per_stride``: mean distance, in patches of
     ``patch_px``, travelled by a box centre between frames t and t + 1 / t + ``stride_frames`` (objects visible
-    in both frames). ``objects_per_frame``: mean number of boxes. ``class_histogram``: boxes per class name.
+    in both frames). ``class_histogram``: boxes per class name. The motion-IoU speed shares, box-area
+    distribution and object counts of ``motion.box_stats`` are merged in (``slow_pct``, ``box_area_frac_mean``,
+    ``objects_per_frame``, ``empty_frame_pct``, ...).
     """
     num_clips = len(dataset) if max_clips is None else min(max_clips, len(dataset))
     S = dataset.size
-    coverage, box_area, disp_1, disp_s, counts = [], [], [], [], []
+    coverage, disp_1, disp_s, clips = [], [], [], []
     histogram = np.zeros(len(dataset.class_names), dtype=np.int64)
     for i in range(num_clips):
         labels, per_frame = dataset.annotations(i)
@@ -317,10 +371,9 @@ def detection_stats(
             for x1, y1, x2, y2 in np.round(boxes[present]).astype(int):
                 union[y1:y2, x1:x2] = True
             coverage.append(union.mean())
-            box_area.extend((boxes[present, 2] - boxes[present, 0]) * (boxes[present, 3] - boxes[present, 1]) / S**2)
-            counts.append(int(present.sum()))
             histogram += np.bincount(labels[present], minlength=len(histogram))
-        centres = np.stack([(b[:, :2] + b[:, 2:]) / 2 for b in per_frame])  # [T, M, 2], NaN where dropped
+        clips.append(np.stack(per_frame))  # [T, M, 4], NaN where dropped
+        centres = (clips[-1][..., :2] + clips[-1][..., 2:]) / 2  # [T, M, 2]
         for lag, out in ((1, disp_1), (stride_frames, disp_s)):
             step = np.linalg.norm(centres[lag:] - centres[:-lag], axis=-1) if len(centres) > lag else np.zeros(0)
             out.extend(step[~np.isnan(step)].tolist())
@@ -330,11 +383,10 @@ def detection_stats(
         "size_px": S,
         "patch_px": patch_px,
         "stride_frames": stride_frames,
+        "spec_version": dataset.version,
         "coverage_frac": float(np.mean(coverage)),
-        "box_area_frac": float(np.mean(box_area)) if box_area else 0.0,
-        "objects_per_frame": float(np.mean(counts)),
-        "empty_frame_frac": float(np.mean(np.array(counts) == 0)),
         "center_disp_patches_per_frame": float(np.mean(disp_1)) / patch_px if disp_1 else float("nan"),
         "center_disp_patches_per_stride": float(np.mean(disp_s)) / patch_px if disp_s else float("nan"),
         "class_histogram": dict(zip(dataset.class_names, histogram.tolist(), strict=True)),
+        **box_stats(clips, frame_area=S**2),
     }

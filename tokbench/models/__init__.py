@@ -11,7 +11,7 @@ from torch import nn
 from tokbench.errors import DataError, unknown_name
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED = {"synthvid-det": "detect", "synthaction-vivit": "action"}
+SHIPPED = {"synthvid-det": "detect", "synthvid-fast-det": "detect", "synthaction-vivit": "action"}
 
 
 def model_card(name: str) -> dict:

@@ -109,10 +109,15 @@ class DetectionTask:
         self.detector, self.score_thr, self.clip_end, self.fallback = detector, score_thr, clip_end, fallback
 
     def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Dense output ``[B, N', C]`` -> detections per image."""
-        grid = vit.model.patch_embed.grid_size
-        out = self.detector.head_from_tokens(tokens[:, vit.num_prefix :], grid)
-        return decode(out, self.detector.spec.patch_size, self.detector.spec.max_detections)
+        """Dense output ``[B, N', C]`` -> detections per image.
+
+        One image at a time: oneDNN may pick a convolution whose last bits depend on the batch size, and a clip's
+        detections must not depend on which clips share its batch (``pipeline.stream``'s lockstep batches).
+        """
+        grid, spec = vit.model.patch_embed.grid_size, self.detector.spec
+        patches = tokens[:, vit.num_prefix :]
+        return [det for b in range(patches.shape[0]) for det in decode(
+            self.detector.head_from_tokens(patches[b : b + 1], grid), spec.patch_size, spec.max_detections)]
 
     def box_mask(self, predictions: list[dict[str, torch.Tensor]], grid: tuple[int, int]) -> torch.Tensor:
         """Patches covered by a detection scoring above the threshold: ``[B, N]`` bool (may be empty)."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tokbench import compat
+from tokbench.adapters import adapter_for
 from tokbench.config import MethodConfig
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError, TokbenchError, unknown_name
@@ -25,7 +26,6 @@ from tokbench.models.action import VIVIT_B, to_steps
 from tokbench.models.checkpoint import head_classes, load_checkpoint, load_state, read_state_dict
 from tokbench.models.preprocess import MEAN, STD, normalize, zero_padding
 from tokbench.models.vitdet import PAPER_BACKBONES, VITDET_MEAN, VITDET_STD, convert_detectron2, vitdet_b
-from tokbench.vit import adapter_for
 
 KINDS = ("detect", "action", "classify", "features")
 
