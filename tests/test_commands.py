@@ -301,6 +301,10 @@ def test_bench_smoke_on_a_tiny_model_gives_well_formed_rows(tmp_path, run_cli):
     assert rgtp["gmacs_ratio_vs_dense"] > 1 and rgtp["overhead_ms"] > 0 and rows[4]["overhead_ms"] < rgtp["overhead_ms"]
     assert dense["block_slowdown"] == 1.0 and rgtp["block_slowdown"] > 0
     assert (tmp_path / "bench" / "rows.csv").exists() and (tmp_path / "bench" / "meta.json").exists()
+    code, _, err = run_cli("report", str(tmp_path / "bench"), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "wall-clock" in text and "speedup_over_gmacs_ratio" in text and "rgtp keep=0.25" in text
 
 
 def test_bench_logs_each_timed_clip_and_an_interrupted_run_resumes(tmp_path, run_cli):

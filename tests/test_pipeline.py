@@ -63,7 +63,14 @@ def test_run_one_names_and_counts_a_configuration_like_the_grid(policy, uninterr
 
 def test_rows_do_not_depend_on_the_clip_batch(uninterrupted, tmp_path):
     run_ablation(_spec(clip_batch=1), tmp_path)
-    assert _rows(tmp_path) == uninterrupted
+    rows = _rows(tmp_path)
+    assert [r.keys() for r in rows] == [r.keys() for r in uninterrupted]
+    for row, expected in zip(rows, uninterrupted, strict=True):
+        for key, value in expected.items():  # KL to dense may differ in its last digits: a batched GEMM's order
+            if key.startswith("kl_to_dense") and value:
+                assert float(row[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+            else:
+                assert row[key] == value, key
 
 
 def test_an_interrupted_run_resumes_to_the_rows_of_an_uninterrupted_one(uninterrupted, tmp_path):

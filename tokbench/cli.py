@@ -53,8 +53,9 @@ def models() -> None:
     console.print("shipped (trained by tokbench, inside the package):", highlight=False)
     for name, task in SHIPPED.items():
         try:
-            metric = model_card(name)["val_metric"]
-            value = f"dense {metric['name']} {metric['value']} ({metric['clips']} val clips)"
+            card = model_card(name)
+            metric, data = card["val_metric"], card["val_data"]["name"]
+            value = f"dense {metric['name']} {metric['value']} ({metric['clips']} val clips of {data})"
         except TokbenchError as err:
             value = f"({err})"
         console.print(f"  {name:20s} {task:8s} {value}", highlight=False)
@@ -241,7 +242,7 @@ def ablate(
 
     from tokbench.ablate import AblationSpec, row_summary, run_ablation
     from tokbench.config import parse_set
-    from tokbench.report import ablation_plot, markdown
+    from tokbench.report import ablation_plot, load_rows, markdown, pareto_plot
 
     overrides = parse_set(set_ or [])
     spec = AblationSpec(
@@ -287,8 +288,10 @@ def ablate(
     text = markdown(out)
     (out / "ablation.md").write_text(text)
     ablation_plot(out, out / "ablation.png")
+    pareto_plot(load_rows(out), out / "pareto.png")
     typer.echo(text)
-    console.print(f"wrote {out / 'rows.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}, {out / 'meta.json'}")
+    console.print(f"wrote {out / 'rows.csv'}, {out / 'paired.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}, "
+                  f"{out / 'pareto.png'}, {out / 'meta.json'}")
 
 
 @app.command()
@@ -490,6 +493,54 @@ def bench(
 
 
 @app.command()
+def show(
+    task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    pretrained: PretrainedOption = False,
+    data: DataOption = None,
+    clip: Annotated[int, typer.Option(min=0, help="Index of the clip in the data.")] = 0,
+    policy: Annotated[list[str] | None, typer.Option(
+        help="Policies side by side (default: rgtp grid random eventful).")] = None,
+    window: Annotated[int | None, typer.Option(min=0, help="RGTP's tracking window r (default 1).")] = None,
+    keep: Annotated[float | None, typer.Option(
+        help="Keep ratio in (0, 1], or a token count (> 1) (default 0.111).")] = None,
+    preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
+    sampling: Annotated[int, typer.Option(min=1, help="Frame stride.")] = 1,
+    frames: Annotated[int, typer.Option(min=1, help="Steps to render.")] = 16,
+    seed: SeedOption = 0,
+    set_: SetOption = None,
+    out: Annotated[Path, typer.Option(help="Folder for show.gif (or --animation) and show.png.")] = Path("show"),
+    animation: Annotated[str, typer.Option(help="Animation file name: .gif or .mp4.")] = "show.gif",
+) -> None:
+    """Render one clip with what each policy keeps, frame by frame: kept tokens (dropped ones dimmed), RGTP's
+    heatmap, detections and ground truth; an animation and a PNG strip of a few frames."""
+    from tokbench.config import MethodConfig, parse_set
+    from tokbench.experiment import DEFAULT_MODEL, open_data
+    from tokbench.flop_table import keep_ratio
+    from tokbench.models.zoo import load_model
+    from tokbench.pipeline import RunSpec
+    from tokbench.results import prepare_out_dir
+    from tokbench.show import check_paths, render_clip, write
+
+    check_paths(out / animation, out / "show.png")
+    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed, pretrained=pretrained)
+    ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
+    base = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(window=window, keep_ratio=ratio,
+                                                                                seed=seed)))
+    configs = [base.replace(policy=name) for name in policy or ["rgtp", "grid", "random", "eventful"]]
+    dataset = open_data(RunSpec(task=task.value, data=data, clips=clip + 1, seed=seed), loaded)
+    if clip >= len(dataset):
+        raise TokbenchError(f"--clip {clip}: the data holds {len(dataset)} clips")
+    prepare_out_dir(out)
+    with err_console.status("rendering"):
+        rendering = render_clip(loaded, dataset[clip], configs, sampling=sampling, max_frames=frames,
+                                clip_index=clip)
+        paths = write(rendering, out / animation, out / "show.png")
+    console.print(f"wrote {paths[0]} and {paths[1]}")
+
+
+@app.command()
 def run(
     task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
     model: ModelOption = None,
@@ -548,6 +599,7 @@ LIST_OPTIONS: dict[str, frozenset[str]] = {
     "flops": frozenset(("--window", "--keep", "--reset", "--set")),
     "bench": frozenset(("--keep", "--policy", "--set")),
     "run": frozenset(("--set",)),
+    "show": frozenset(("--policy", "--set")),
 }  # every other option takes one value: a second one is a usage error (exit 2), never silently dropped
 
 

@@ -180,7 +180,7 @@ def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
     seeds = sorted(rows.loc[rows["policy"] == "random", "seed"].unique()) if "seed" in rows else []
     lines = [
         f"- model: `{meta.get('model')}`; data: {data.get('name', meta.get('task'))}, {data.get('clips_used')} "
-        "clips; frames run in order at batch 1, state reset per clip",
+        "clips; frames run in order, state reset per clip" + _batch_note(rows),
         "- every pruned policy keeps the same number of patch tokens on the same frames (full first frame, "
         f"{_reset_note(rows)})",
         "- GMACs: fvcore convention (1 multiply-add = 1), attention counted "
@@ -198,6 +198,11 @@ def provenance_lines(meta: dict, rows: pd.DataFrame, metric: str) -> list[str]:
     if len(seeds) > 1:
         lines.insert(2, f"- random: mean ± std over seeds {', '.join(str(int(s)) for s in seeds)}")
     return lines
+
+
+def _batch_note(rows: pd.DataFrame) -> str:
+    batch = int(rows["clip_batch"].max()) if "clip_batch" in rows and rows["clip_batch"].notna().any() else 1
+    return f" (clips in lockstep batches of up to {batch}: the same records as one at a time)" if batch > 1 else ""
 
 
 def _reset_note(rows: pd.DataFrame) -> str:
@@ -283,6 +288,11 @@ def knob_plot(rows: pd.DataFrame, knob: str, path: Path, metric: str | None = No
         group = rows[rows["sampling"] == sampling]
         rgtp = group[group["policy"] == "rgtp"].groupby(knob)[metric].mean()
         ax.plot(rgtp.index, rgtp.values, marker=POLICY_MARKERS["rgtp"], color=POLICY_COLORS["rgtp"], label="RGTP")
+        if f"{metric}_ci_low" in group:  # 95 % bootstrap interval over clips
+            ci = group[group["policy"] == "rgtp"].groupby(knob)[[f"{metric}_ci_low", f"{metric}_ci_high"]].mean()
+            ax.errorbar(ci.index, rgtp.values, yerr=[rgtp.values - ci.iloc[:, 0], ci.iloc[:, 1] - rgtp.values],
+                        fmt="none", ecolor=POLICY_COLORS["rgtp"], elinewidth=1, capsize=3, alpha=0.6,
+                        label="RGTP 95 % interval")
         others = group[group["policy"] != "rgtp"].groupby("policy")[metric].mean()
         for policy in sorted(others.index, key=lambda p: POLICY_ORDER.index(p) if p in POLICY_ORDER else 99):
             ax.axhline(others[policy], color=POLICY_COLORS.get(policy, "tab:brown"),
@@ -292,7 +302,8 @@ def knob_plot(rows: pd.DataFrame, knob: str, path: Path, metric: str | None = No
         ax.set_title(f"1/{int(sampling)} frame sampling")
         ax.set_xlabel(KNOB_LABELS.get(knob, knob))
         ax.grid(alpha=0.3)
-    values = rows.groupby(["sampling", "policy", knob], dropna=False)[metric].mean().dropna()
+    shown = [metric] + [c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in rows]
+    values = rows.groupby(["sampling", "policy", knob], dropna=False)[shown].mean().stack().dropna()
     pad = 0.05 * max(values.max() - values.min(), 1.0)
     axes[0][0].set_ylim(values.min() - pad, values.max() + pad)  # horizontal lines do not widen the limits
     axes[0][0].set_ylabel(METRIC_DISPLAY.get(metric, (metric,))[0])
@@ -304,26 +315,63 @@ def knob_plot(rows: pd.DataFrame, knob: str, path: Path, metric: str | None = No
 
 
 def pareto_plot(rows: pd.DataFrame, path: Path, metric: str | None = None) -> None:
-    """GMACs per frame against the metric, a marker per policy and a panel per frame sampling."""
+    """GMACs against the metric, a panel per frame sampling: a colour and marker per policy (as in every plot), each
+    point labelled with its setting, the dense point included, 95 % interval bars where the rows have them."""
     plt = _pyplot()
     metric = metric or metric_of(rows)
+    rows = with_settings(rows)
     samplings = sorted(rows["sampling"].unique())
-    fig, axes = plt.subplots(1, len(samplings), figsize=(5 * len(samplings), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(samplings), figsize=(5 * len(samplings) + 1.6, 4.2), squeeze=False, sharey=True)
+    cost = cost_column(rows)
+    labels: list[tuple[str, float, float, str]] = []
     for ax, sampling in zip(axes[0], samplings, strict=True):
         group = rows[rows["sampling"] == sampling]
-        cost = cost_column(group)
-        for policy, points in group.groupby("policy"):
-            means = points.groupby("config_id")[[cost, metric]].mean()
-            ax.scatter(means[cost], means[metric], label=policy, s=25, color=POLICY_COLORS.get(policy, "tab:brown"),
-                       marker=POLICY_MARKERS.get(policy, "o"))
+        for policy, points in sorted(group.groupby("policy"), key=lambda p: POLICY_ORDER.index(p[0])
+                                     if p[0] in POLICY_ORDER else 99):
+            columns = [cost, metric] + [c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in points]
+            means = points.groupby("setting")[columns].mean()
+            color = POLICY_COLORS.get(policy, "tab:brown")
+            if len(columns) == 4:
+                ax.errorbar(means[cost], means[metric], yerr=[means[metric] - means[columns[2]],
+                                                               means[columns[3]] - means[metric]],
+                            fmt="none", ecolor=color, elinewidth=0.8, capsize=2, alpha=0.5)
+            ax.scatter(means[cost], means[metric], label=policy, s=30, color=color,
+                       marker=POLICY_MARKERS.get(policy, "o"), zorder=3)
+            labels += [(name, point[cost], point[metric], color) for name, point in means.iterrows()]
+        _label_points(ax, labels)
+        labels = []
         ax.set_title(f"1/{int(sampling)} frame sampling")
         ax.set_xlabel(f"GMACs per {'clip' if cost == 'gmacs_per_clip' else 'frame'} (fvcore)")
-        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    axes[0][0].set_ylabel(METRIC_DISPLAY.get(metric, (metric,))[0])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _label_points(ax, labels: list[tuple[str, float, float, str]]) -> None:
+    """Name each point to its right, labels of points at the same cost spread vertically so none overlap."""
+    low, high = ax.get_ylim()
+    gap = 0.045 * (high - low)
+    xs = [x for _, x, _, _ in labels]
+    width = 0.03 * ((max(xs) - min(xs)) or 1.0) if xs else 1.0  # points closer than this share a column
+
+    def column_of(x: float) -> int:
+        return round((x - min(xs)) / width)
+
+    for col in {column_of(x) for x in xs}:
+        column = sorted((item for item in labels if column_of(item[1]) == col), key=lambda item: item[2])
+        placed: list[float] = []
+        for name, x, y, color in column:
+            target = max(y, placed[-1] + gap) if placed else y
+            placed.append(target)
+            ax.annotate(name, (x, y), xytext=(x, target), textcoords="data", fontsize=6.5, color=color, ha="left",
+                        va="center", arrowprops={"arrowstyle": "-", "color": color, "lw": 0.4, "alpha": 0.5})
+    span = max(x for _, x, _, _ in labels) - min(x for _, x, _, _ in labels) if labels else 0
+    for text in ax.texts:  # to the right of the points
+        text.set_x(text.xy[0] + 0.04 * (span or 1.0))
 
 
 def ablation_plot(folder: Path, path: Path, metric: str | None = None) -> None:
@@ -336,6 +384,24 @@ def ablation_plot(folder: Path, path: Path, metric: str | None = None) -> None:
         pareto_plot(rows, path, metric)
 
 
+BENCH_COLUMNS = ("name", "keep_tokens", "frame_kind", "step_ms_median", "step_ms_iqr", "speedup_vs_dense",
+                 "gmacs_ratio_vs_dense", "speedup_over_gmacs_ratio", "overhead_ms", "overhead_pct", "vs_timm")
+
+
+def bench_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """``tokbench bench`` rows as a table: per timed variant, its median step, speed-up next to the GMACs ratio and
+    the method's own time."""
+    return rows[[c for c in BENCH_COLUMNS if c in rows]]
+
+
+def bench_lines(meta: dict) -> list[str]:
+    """What a wall-clock table measured, on what."""
+    return [f"- batch-1 streaming latency, medians over {meta.get('repeats')} clips x {meta.get('frames')} steps; "
+            f"speed-up and GMACs ratio (fvcore) of the timed frame kind against tokbench dense",
+            f"- {meta.get('device')}, {meta.get('threads')} threads; torch {meta.get('torch_version')}, timm "
+            f"{meta.get('timm_version')}; tokbench {meta.get('tokbench_version')} ({meta.get('git_hash')})"]
+
+
 def write_report(folders: list[Path], out: Path) -> Path:
     """``out/report.md`` with, per folder, its table, a Pareto plot and a plot per ablated knob."""
     if not folders:
@@ -346,8 +412,15 @@ def write_report(folders: list[Path], out: Path) -> Path:
         rows, meta = load_rows(folder), load_meta(folder)
         if rows.empty:
             raise DataError(f"{folder}/rows.csv holds no finished rows")
+        if "speedup_vs_dense" in rows:  # tokbench bench: wall-clock rows
+            sections += [f"## {folder}: wall-clock", "", bench_table(rows).to_markdown(index=False), "",
+                         *bench_lines(meta), ""]
+            continue
         metric = metric_of(rows)
         sections += [f"## {folder}", "", summary_table(rows, metric).to_markdown(), ""]
+        paired = paired_table(folder, metric)
+        if paired is not None:
+            sections += [PAIRED_NOTE, "", paired.to_markdown(), ""]
         sections += provenance_lines(meta, rows, metric) + [""]
         pareto = out / f"pareto_{i}.png"
         pareto_plot(rows, pareto, metric)
