@@ -289,7 +289,7 @@ def fvcore_kind_costs(
     """Traced cost of each frame kind of ``config`` (resolved) as row kinds, and the raw ``KindCost`` per kind."""
     costs = frame_costs(loaded.engine(config), frame)
     rgtp = policy(config.policy).rollout
-    bare = frame_costs(loaded.engine(config.replace(policy="grid")), frame) if rgtp else costs
+    bare = _bare_costs(loaded, config, frame) if rgtp else costs
     out = {}
     for kind, cost in costs.items():
         rollout = cost.gmacs - cost.overhead_gmacs_tracking - cost.overhead_gmacs_match - bare[kind].gmacs
@@ -342,6 +342,19 @@ def _head_gmacs(loaded: LoadedModel, config: MethodConfig) -> float:
     if key not in _HEADS:
         _HEADS[key] = fvcore_temporal_head_gmacs(loaded, config.sdpa_flops)
     return _HEADS[key]
+
+
+_BARE: dict[tuple, dict[str, KindCost]] = {}
+
+
+def _bare_costs(loaded: LoadedModel, config: MethodConfig, frame: torch.Tensor) -> dict[str, KindCost]:
+    """Traced costs of ``config`` without the method (the same keep sets drawn by ``grid``), which neither tracks
+    nor rolls out: one trace serves every window and seed."""
+    bare = config.replace(policy="grid", window=0, seed=0)
+    key = (id(loaded.model), bare, tuple(frame.shape))
+    if key not in _BARE:
+        _BARE[key] = frame_costs(loaded.engine(bare), frame)
+    return _BARE[key]
 
 
 def flop_rows(
