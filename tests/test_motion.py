@@ -146,3 +146,15 @@ def test_all_correct_detections_score_100_in_every_category():
     target = _target([SLOW_BOX, FAST_BOX, [100.0, 0.0, 140.0, 40.0]], [0, 1, 2], [0.95, 0.5, 0.8])
     pred = _pred([SLOW_BOX, FAST_BOX, [100.0, 0.0, 140.0, 40.0]], [0.9, 0.8, 0.7], [0, 1, 2])
     assert map50_by_motion([pred], [target]) == {"slow": 100.0, "medium": 100.0, "fast": 100.0}
+
+
+def test_a_class_with_boxes_and_no_detection_scores_zero_not_a_crash():
+    import torch
+
+    from tokbench.metrics import map50, map50_by_motion
+
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]]), "labels": torch.tensor([0, 1]),
+                "motion_iou": torch.tensor([0.95, 0.95])}]
+    preds = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}]
+    # class 0 found (AP 100), class 1 missed (AP 0): 50 in the slow category, as torchmetrics' map_50 over all boxes
+    assert map50_by_motion(preds, targets)["slow"] == 50.0 == map50(preds, targets)

@@ -89,13 +89,18 @@ def _match(det_boxes: np.ndarray, gt_boxes: np.ndarray, is_pos: np.ndarray, iou_
 
 
 def _coco_ap(scores: np.ndarray, hits: np.ndarray, num_pos: int) -> float:
-    """101-point interpolated AP of detections with ``scores`` ``[D]`` and ``hits`` ``[D]`` (1 TP, 0 FP)."""
+    """101-point interpolated AP of detections with ``scores`` ``[D]`` and ``hits`` ``[D]`` (1 TP, 0 FP), at
+    torchmetrics' recall thresholds (so one category holding every box gives ``map50`` exactly)."""
+    from tokbench.intervals import recall_thresholds
+
+    if len(scores) == 0:
+        return 0.0  # positives and no detection: nothing is recalled
     order = np.argsort(-scores, kind="mergesort")
     tp = np.cumsum(hits[order] == 1)
     fp = np.cumsum(hits[order] == 0)
     recall = tp / num_pos
     precision = np.maximum.accumulate((tp / np.maximum(tp + fp, np.finfo(np.float64).eps))[::-1])[::-1]
-    index = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+    index = np.searchsorted(recall, recall_thresholds(), side="left")  # torchmetrics' float32 thresholds
     return float(np.where(index < len(precision), precision[np.minimum(index, len(precision) - 1)], 0.0).mean())
 
 
