@@ -169,3 +169,15 @@ def test_torchrun_on_two_processes_gives_the_rows_of_one(tmp_path):
     assert len(one) == 5 and all(r["error"] == "" and r["map50"] for r in one)
     assert all(r["map50_vs_dense"] for r in one[1:])
     assert one == two
+
+
+def test_ranks_probing_one_output_folder_together_do_not_trip_over_each_other(tmp_path):
+    """Every torchrun rank checks that ``--out`` is writable at the same moment: each must use its own probe."""
+    code = ("import sys; from pathlib import Path; from tokbench.results import prepare_out_dir\n"
+            "for _ in range(300): prepare_out_dir(Path(sys.argv[1]))")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert not list(tmp_path.iterdir())  # no probe left behind

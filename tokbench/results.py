@@ -33,7 +33,7 @@ def prepare_out_dir(path: Path) -> Path:
     """Create the folder (or fail with a one-line error if it cannot be written)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test.{os.getpid()}"  # one per process: torchrun ranks probe the folder together
         probe.write_text("")
         probe.unlink()
     except OSError as err:
