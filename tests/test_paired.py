@@ -43,3 +43,17 @@ def test_a_difference_within_noise_is_not_significant():
     assert not line["significant"] and line["ci_low"] < 0 < line["ci_high"]
     assert line["ci_high"] - line["ci_low"] < 7  # ... so the paired interval is narrower than the rows' own
 
+
+
+def test_the_markdown_table_keeps_one_line_per_budget(tmp_path):
+    import pandas as pd
+
+    from tokbench.report import paired_table
+
+    rows = [_row("d", "dense", 90.0), _row("a", "rgtp", 80.0), _row("b", "rgtp", 70.0) | {"keep_ratio": 0.1}]
+    rng = np.random.default_rng(2)
+    samples = {r["config_id"]: {"map50": rng.normal(r["map50"], 1.0, 100)} for r in rows}
+    pd.DataFrame(paired_rows(rows, samples)).to_csv(tmp_path / "paired.csv", index=False)
+    table = paired_table(tmp_path, "map50")
+    assert list(table.index) == ["rgtp r=1 − dense, keep 0.25", "rgtp r=1 − dense, keep 0.1"]
+    assert table.iloc[0, 0].startswith("-10.0") and table.iloc[1, 0].startswith("-20.0")

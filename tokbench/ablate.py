@@ -15,7 +15,7 @@ from tokbench.experiment import DEFAULT_MODEL, experiment_of, open_data, row_col
 from tokbench.flop_table import keep_ratio
 from tokbench.jobs import resolve
 from tokbench.models.zoo import load_model
-from tokbench.paired import failed, paired_rows
+from tokbench.paired import failed, paired_rows, setting
 from tokbench.pipeline import CLIP_BATCH, clip_indices, step_indices, stream
 from tokbench.policies import POLICIES, policy
 from tokbench.records import RecordWriter, finished_pairs, job_records, records_path
@@ -201,7 +201,7 @@ def write_paired(out: Path, loaded, jobs: list, indices, views: int, samples: di
 
 def row_summary(row: dict) -> str:
     """One line per finished row: its setting and sampling, quality with its interval, GMACs."""
-    name = f"{row['policy']} r={row['window']}" if policy(row["policy"]).rollout else str(row["policy"])
+    name = setting(row)
     if policy(row["policy"]).seeds > 1:
         name += f" seed={row['seed']}"
     head = f"done: {name}, 1/{row['sampling']}"
@@ -217,11 +217,3 @@ def row_summary(row: dict) -> str:
     if row.get(f"gmacs_per_{unit}") is not None:
         parts.append(f"{row[f'gmacs_per_{unit}']:.4g} GMACs/{unit}")
     return f"{head}: " + ", ".join(parts + [f"{row.get('wall_s', 0):.0f} s"])
-
-
-def label(config: MethodConfig) -> str:
-    """Short name of a configuration for progress lines."""
-    p = policy(config.policy)
-    if p.rollout:
-        return f"{p.name} r={config.window}"
-    return f"{p.name} seed={config.seed}" if p.seeds > 1 else p.name

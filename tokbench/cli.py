@@ -172,6 +172,7 @@ def train(
                   f"weights in {out}")
 
 
+TaskOption = Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")]
 ModelOption = Annotated[str | None, typer.Option(
     help="Shipped model (tokbench models) or any timm ViT name (random init from --seed unless --checkpoint or "
          "--pretrained).")]
@@ -207,7 +208,7 @@ def ablate(
     policy: Annotated[list[str] | None, typer.Option(
         help="rgtp | dense | random | grid | cls-attn | eventful | boxmask (default: RGTP and every baseline)")] = None,
     sampling: Annotated[list[int] | None, typer.Option(help="Frame strides (1 = every frame).")] = None,
-    task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
+    task: TaskOption = Task.detect,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = False,
@@ -494,7 +495,7 @@ def bench(
 
 @app.command()
 def show(
-    task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
+    task: TaskOption = Task.detect,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = False,
@@ -515,19 +516,13 @@ def show(
 ) -> None:
     """Render one clip with what each policy keeps, frame by frame: kept tokens (dropped ones dimmed), RGTP's
     heatmap, detections and ground truth; an animation and a PNG strip of a few frames."""
-    from tokbench.config import MethodConfig, parse_set
-    from tokbench.experiment import DEFAULT_MODEL, open_data
-    from tokbench.flop_table import keep_ratio
-    from tokbench.models.zoo import load_model
+    from tokbench.experiment import open_data
     from tokbench.pipeline import RunSpec
     from tokbench.results import prepare_out_dir
     from tokbench.show import check_paths, render_clip, write
 
     check_paths(out / animation, out / "show.png")
-    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed, pretrained=pretrained)
-    ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
-    base = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(window=window, keep_ratio=ratio,
-                                                                                seed=seed)))
+    loaded, base = _model_and_config(task, model, checkpoint, pretrained, seed, keep, preset, set_, window=window)
     configs = [base.replace(policy=name) for name in policy or ["rgtp", "grid", "random", "eventful"]]
     dataset = open_data(RunSpec(task=task.value, data=data, clips=clip + 1, seed=seed), loaded)
     if clip >= len(dataset):
@@ -542,7 +537,7 @@ def show(
 
 @app.command()
 def run(
-    task: Annotated[Task, typer.Option(help="Embedded benchmark task (picks the default model).")] = Task.detect,
+    task: TaskOption = Task.detect,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = False,
@@ -564,16 +559,10 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write per-frame JSON lines here (default: stdout).")] = None,
 ) -> None:
     """Run one configuration; per-frame JSON lines, then a summary line."""
-    from tokbench.config import MethodConfig, parse_set
-    from tokbench.experiment import DEFAULT_MODEL
-    from tokbench.flop_table import keep_ratio
-    from tokbench.models.zoo import load_model
     from tokbench.pipeline import RunSpec, run_one
 
-    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed, pretrained=pretrained)
-    ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
-    config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(
-        policy=policy, window=window, keep_ratio=ratio, reset_every=reset, seed=seed, rollout_pool=rollout_pool)))
+    loaded, config = _model_and_config(task, model, checkpoint, pretrained, seed, keep, preset, set_, policy=policy,
+                                       window=window, reset_every=reset, rollout_pool=rollout_pool)
     spec = RunSpec(config=config, sampling=sampling, task=task.value, model=model, checkpoint=checkpoint, data=data,
                    clips=videos, seed=seed, views=views, device=device)
     records, row = run_one(spec, loaded)
@@ -585,6 +574,22 @@ def run(
         console.print(json.dumps(summary))
     else:
         print("\n".join(lines))
+
+
+def _model_and_config(task: Task, model: str | None, checkpoint: Path | None, pretrained: bool, seed: int,
+                      keep: float | None, preset: str, set_: list[str] | None, **options):
+    """The model of ``--model`` (or the task's default) and the method configuration of the command line: the
+    preset, then ``--set``, then the named ``options`` and ``--keep`` (a ratio, or a token count of this model)."""
+    from tokbench.config import MethodConfig, parse_set
+    from tokbench.experiment import DEFAULT_MODEL
+    from tokbench.flop_table import keep_ratio
+    from tokbench.models.zoo import load_model
+
+    loaded = load_model(model or DEFAULT_MODEL[task.value], checkpoint, seed=seed, pretrained=pretrained)
+    ratio = None if keep is None else keep_ratio(keep, loaded.backbone.patch_embed.num_patches)
+    config = MethodConfig.from_preset(preset, **(parse_set(set_ or []) | _given(**options, keep_ratio=ratio,
+                                                                                  seed=seed)))
+    return loaded, config
 
 
 def _given(**options) -> dict:

@@ -13,8 +13,8 @@ BUDGET = ("keep_ratio", "reset_every", "sampling")  # what "the same budget and 
 
 
 def setting(row: dict) -> str:
-    """A short name: ``rgtp r=1``, ``grid``, ``random`` (seeds pooled)."""
-    return f"rgtp r={row['window']}" if row["policy"] == "rgtp" else str(row["policy"])
+    """A short name: ``rgtp r=1`` (a policy that tracks names its window), ``grid``, ``random`` (seeds pooled)."""
+    return f"{row['policy']} r={row['window']}" if policy(row["policy"]).rollout else str(row["policy"])
 
 
 def paired_rows(rows: list[dict], samples: dict[str, dict[str, np.ndarray]], level: float = 0.95) -> list[dict]:
@@ -31,7 +31,7 @@ def paired_rows(rows: list[dict], samples: dict[str, dict[str, np.ndarray]], lev
         if not policy(first["policy"]).prunes:
             continue
         dense = [r for r in rows if not policy(r["policy"]).prunes and r["sampling"] == first["sampling"]]
-        against = [dense] + (_baselines(rows, first) if first["policy"] == "rgtp" else [])
+        against = [dense] + (_baselines(rows, first) if policy(first["policy"]).rollout else [])
         for other in against:
             if other:
                 out += _compare(group, other, samples, level)
@@ -45,7 +45,7 @@ def failed(row: dict) -> bool:
 
 def _baselines(rows: list[dict], row: dict) -> list[list[dict]]:
     """Rows of each baseline (its seeds together) at the budget and sampling of ``row``."""
-    same = [r for r in rows if policy(r["policy"]).prunes and r["policy"] != "rgtp"
+    same = [r for r in rows if policy(r["policy"]).prunes and not policy(r["policy"]).rollout
             and all(r.get(k) == row.get(k) for k in BUDGET)]
     by_policy: dict[str, list[dict]] = {}
     for r in same:

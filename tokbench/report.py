@@ -254,7 +254,10 @@ def paired_table(folder: Path, metric: str) -> pd.DataFrame | None:
         star = "*" if line["significant"] else ""
         return f"{line['diff'] * scale:+.1f} [{low:+.1f}, {high:+.1f}]{star}"
 
-    lines = lines.assign(comparison=lines["a"] + " − " + lines["b"], cell=lines.apply(cell, axis=1))
+    comparison = lines["a"] + " − " + lines["b"]
+    if lines["keep_ratio"].nunique() > 1:  # one line per budget
+        comparison += lines["keep_ratio"].map(lambda k: f", keep {k:g}")
+    lines = lines.assign(comparison=comparison, cell=lines.apply(cell, axis=1))
     label = METRIC_DISPLAY.get(metric, (metric,))[0]
     table = lines.pivot_table(index="comparison", columns="sampling", values="cell", aggfunc="first", sort=False)
     table.columns = [f"Δ {label}, 1/{int(s)}" for s in table.columns]
