@@ -13,6 +13,7 @@ from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError, DataError
 from tokbench.experiment import DEFAULT_MODEL, experiment_of, open_data, row_columns, training_note
 from tokbench.flop_table import keep_ratio
+from tokbench.gradual import parse_schedule
 from tokbench.jobs import resolve
 from tokbench.models.zoo import load_model
 from tokbench.paired import failed, paired_rows, setting
@@ -22,8 +23,9 @@ from tokbench.records import RecordWriter, finished_pairs, job_records, records_
 from tokbench.results import append_row, check_experiment, finished_ids, prepare_out_dir, provenance, write_meta
 from tokbench.rows import RESAMPLES, build_row, complete, summarise
 
-GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
-RGTP_ONLY_KNOBS = ("window", "head_fusion", "similarity")  # baselines neither track nor roll out
+GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio",
+              "drop_schedule", "propagation")
+RGTP_ONLY_KNOBS = ("window", "head_fusion", "similarity", "drop_schedule", "propagation")  # baselines: no rollout
 
 
 @dataclass
@@ -53,7 +55,8 @@ def expand(spec: AblationSpec, kind: str | None = None) -> list[MethodConfig]:
     """The grid: a dense row, RGTP over the product of all knob lists, baselines over the budget knobs only.
 
     Without ``policy`` in the knobs, every registered policy that applies to the model's output ``kind`` (default:
-    the spec's task) runs; a seeded policy (``random``) runs its ``seeds`` seeds.
+    the spec's task) runs; a seeded policy (``random``) runs its ``seeds`` seeds. A propagation other than
+    ``none`` pairs only with schedules of two or more blocks (it scores the later drops); other pairs are skipped.
     """
     lists = {k: v for k, v in spec.knobs.items() if v}
     kind = kind or spec.task
@@ -66,9 +69,16 @@ def expand(spec: AblationSpec, kind: str | None = None) -> list[MethodConfig]:
         seeds = range(spec.seed, spec.seed + p.seeds)
         for values in itertools.product(*(lists[n] for n in names)):
             knobs = dict(zip(names, values, strict=True))
+            if _idle_propagation(base | knobs):
+                continue
             configs += [MethodConfig.from_preset(spec.preset, **(base | knobs | {"policy": p.name, "seed": s}))
                         for s in seeds]
     return configs
+
+
+def _idle_propagation(options: dict) -> bool:
+    """A propagation with no later drop to score (a one-shot or one-block schedule)."""
+    return options.get("propagation", "none") != "none" and len(parse_schedule(options.get("drop_schedule") or "")) < 2
 
 
 def run_ablation(

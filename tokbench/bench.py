@@ -4,8 +4,9 @@ Streaming latency is measured at batch 1 the way a video runs: frame t waits for
 every step is timed on its own (``torch.cuda.synchronize`` around it on a GPU). Engines are interleaved
 round-robin, one clip each per repeat, so drift on a shared machine hits every row alike. Reported: the median
 and IQR of the steps of each frame kind, the speed-up of pruned frames over tokbench's dense frame next to the
-GMACs ratio of the same frames, and the method's own time (scoring, tracking, selection, rollout) in ms and as
-a share of the pruned frame. Throughput runs ``batch`` clips in lockstep.
+GMACs ratio of the same frames, and the method's own time (scoring, tracking, selection, rollout, and a drop
+schedule's score propagation) in ms and as a share of the pruned frame, with the propagation's share on its own
+(``propagation_ms``). Throughput runs ``batch`` clips in lockstep.
 
 Configurations are resolved and named by ``jobs.resolve``, as every command's rows are: a configuration the engine
 refuses becomes a row with ``error`` and the others are timed. The timed clip is a synthetic pan (``moving_clip``)
@@ -95,6 +96,11 @@ def _timm_entry(loaded: LoadedModel, fused: bool, base: MethodConfig) -> Entry:
     return Entry(name, "dense", None, None, step, lambda clip: None)
 
 
+def _dense(base: MethodConfig) -> MethodConfig:
+    """tokbench's dense frame under ``base``'s other options: no policy, and no drop schedule (rgtp's alone)."""
+    return base.replace(policy="dense", drop_schedule="", propagation="none")
+
+
 def _engine_entry(loaded: LoadedModel, config: MethodConfig, name: str, experiment: dict) -> Entry:
     """An engine configuration, resolved like every command's rows; a refused one keeps its error, no engine."""
     job = resolve(loaded, config, 1, experiment)
@@ -129,7 +135,7 @@ def run_bench(
     loaded.model.to(dev)
     experiment = {"model": loaded.name, "weights": loaded.weights, "img_size": list(loaded.img_size)}
     entries = [_timm_entry(loaded, True, base), _timm_entry(loaded, False, base),
-               _engine_entry(loaded, base.replace(policy="dense"), "tokbench dense", experiment)]
+               _engine_entry(loaded, _dense(base), "tokbench dense", experiment)]
     for keep in keeps:
         for policy in policies:
             config = base.replace(policy=policy, keep_ratio=keep)
@@ -142,24 +148,26 @@ def run_bench(
     frames = clip.shape[0]
     write = RecordWriter(log) if log is not None else None
     steps: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # name -> kind -> step ms
-    method: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # select + rollout ms per step
-    done = _logged_clips(log, log_key, steps, method, repeats)
+    method: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # all engine.timings ms per step
+    solves: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # the propagation's share of it
+    done = _logged_clips(log, log_key, steps, method, solves, repeats)
     for r in range(warmup + repeats):
         for entry in entries:
             if r >= warmup and (r - warmup, entry.name) in done:
                 continue
             if on_progress:
                 on_progress(f"repeat {r + 1}/{warmup + repeats}: {entry.name}")
-            clip_steps, clip_method = _time_clip(entry, clip, dev, r)
+            clip_steps, clip_method, clip_solves = _time_clip(entry, clip, dev, r)
             if r >= warmup:
                 for kind in clip_steps:
                     steps[entry.name].setdefault(kind, []).extend(clip_steps[kind])
                     method[entry.name].setdefault(kind, []).extend(clip_method[kind])
+                    solves[entry.name].setdefault(kind, []).extend(clip_solves[kind])
                 if write is not None:
                     write({"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
-                           "method_ms": clip_method})
+                           "method_ms": clip_method, "propagation_ms": clip_solves})
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
-    rows = _rows(loaded, entries, steps, method, throughput, repeats, frames, clip[0, :1], batch, base)
+    rows = _rows(loaded, entries, steps, method, solves, throughput, repeats, frames, clip[0, :1], batch, base)
     return rows + [_failed_row(loaded, e) for e in failed]
 
 
@@ -171,11 +179,13 @@ def _failed_row(loaded: LoadedModel, entry: Entry) -> dict:
 
 def _time_clip(
     entry: Entry, clip: torch.Tensor, dev: torch.device, index: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
     """Run one clip ``[T, 1, 3, H, W]`` with fresh state (``index``: the repeat, seeding a random policy as clip
-    ``index``); per frame kind, the step times and the method's own time (ms)."""
+    ``index``); per frame kind, the step times, the method's own time (every part of ``engine.timings``) and the
+    propagation's part of it (ms)."""
     steps: dict[str, list[float]] = {}
     method: dict[str, list[float]] = {}
+    solves: dict[str, list[float]] = {}
     state = entry.new_state(index)
     for frame in clip:
         if entry.engine is not None:
@@ -185,17 +195,19 @@ def _time_clip(
         kind = entry.step(frame, state)
         _sync(dev)
         steps.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
-        spent = sum(entry.engine.timings.values()) if entry.engine is not None else 0.0
-        method.setdefault(kind, []).append(spent * 1000)
+        timings = entry.engine.timings if entry.engine is not None else {}
+        method.setdefault(kind, []).append(sum(timings.values()) * 1000)
+        solves.setdefault(kind, []).append(timings.get("propagation", 0.0) * 1000)
     if entry.engine is not None:
         entry.engine.timings = None
-    return steps, method
+    return steps, method, solves
 
 
 def _logged_clips(
-    log: Path | None, key: str, steps: dict, method: dict, repeats: int
+    log: Path | None, key: str, steps: dict, method: dict, solves: dict, repeats: int
 ) -> set[tuple[int, str]]:
-    """Load the timed clips of ``log`` with this ``key`` into ``steps`` / ``method``; their (repeat, name)."""
+    """Load the timed clips of ``log`` with this ``key`` into ``steps`` / ``method`` / ``solves`` (lines written
+    before the propagation was timed count it as 0); their (repeat, name)."""
     done: set[tuple[int, str]] = set()
     if log is None or not log.exists():
         return done
@@ -211,6 +223,7 @@ def _logged_clips(
         for kind, values in line["steps_ms"].items():
             steps[pair[1]].setdefault(kind, []).extend(values)
             method[pair[1]].setdefault(kind, []).extend(line["method_ms"][kind])
+            solves[pair[1]].setdefault(kind, []).extend(line.get("propagation_ms", {}).get(kind, [0.0] * len(values)))
     return done
 
 
@@ -260,7 +273,7 @@ def block_macs(block: torch.nn.Module, length: int) -> int:
     return length * linear + 2 * length * length * block.norm1.normalized_shape[0]
 
 
-def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, batch, base) -> list[dict]:
+def _rows(loaded, entries, steps, method, solves, throughput, repeats, frames, sample, batch, base) -> list[dict]:
     costs = {e.name: frame_costs(e.engine, sample) for e in entries if e.engine is not None}
     dense_ms = statistics.median(steps["tokbench dense"][FULL])
     dense_gmacs = costs["tokbench dense"][FULL].gmacs
@@ -282,6 +295,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
         q1, q3 = _quartiles(times)
         cost = costs.get(entry.name, {}).get(kind)
         method_ms = statistics.median(method[entry.name][kind])
+        propagation_ms = statistics.median(solves[entry.name][kind])
         keep = cost.kept_tokens if cost else patches
         row = {
             "name": entry.name,
@@ -299,6 +313,7 @@ def _rows(loaded, entries, steps, method, throughput, repeats, frames, sample, b
             "block_slowdown": slowdown.get(prefix + keep),
             "overhead_ms": round(method_ms, 3),
             "overhead_pct": round(100 * method_ms / median, 2),
+            "propagation_ms": round(propagation_ms, 3),  # part of overhead_ms: a drop schedule's solves
             f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),
             "repeats": repeats,
             "frames_per_clip": frames,

@@ -205,6 +205,10 @@ def ablate(
     similarity: Annotated[list[str] | None, typer.Option(help="dot | cosine")] = None,
     fg_ratio: Annotated[list[float] | None, typer.Option(help="Foreground sample ratio phi.")] = None,
     bg_ratio: Annotated[list[float] | None, typer.Option(help="Background sample ratio beta.")] = None,
+    drop_schedule: Annotated[list[str] | None, typer.Option(
+        help="Gradual drop BLOCK:COUNT[,BLOCK:COUNT...] (e.g. 0:300,3:50); none = one-shot pruning.")] = None,
+    propagation: Annotated[list[str] | None, typer.Option(
+        help="Scores of a schedule's later drops: none | supplement | reference.")] = None,
     policy: Annotated[list[str] | None, typer.Option(
         help="rgtp | dense | random | grid | cls-attn | eventful | boxmask (default: RGTP and every baseline)")] = None,
     sampling: Annotated[list[int] | None, typer.Option(help="Frame strides (1 = every frame).")] = None,
@@ -251,7 +255,7 @@ def ablate(
         knobs={"window": window or (None if "window" in overrides else [0, 1, 2, 3]), "keep_ratio": keep,
                "reset_every": reset,
                "head_fusion": head_fusion, "similarity": similarity, "fg_ratio": fg_ratio, "bg_ratio": bg_ratio,
-               "policy": policy},
+               "drop_schedule": drop_schedule, "propagation": propagation, "policy": policy},
         sampling=sampling or [1, 4], preset=preset, model=model, checkpoint=checkpoint, img_size=img_size,
         data=data, clips=videos, frames=frames, seed=seed, overrides=overrides, views=views, pretrained=pretrained,
         device=device, clip_batch=clip_batch, resamples=resamples,
@@ -600,7 +604,7 @@ def _given(**options) -> dict:
 
 LIST_OPTIONS: dict[str, frozenset[str]] = {
     "ablate": frozenset(("--window", "--keep", "--reset", "--head-fusion", "--similarity", "--fg-ratio", "--bg-ratio",
-                         "--policy", "--sampling", "--set")),
+                         "--drop-schedule", "--propagation", "--policy", "--sampling", "--set")),
     "flops": frozenset(("--window", "--keep", "--reset", "--set")),
     "bench": frozenset(("--keep", "--policy", "--set")),
     "run": frozenset(("--set",)),

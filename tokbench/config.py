@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass
 
 from tokbench.errors import ConfigError, unknown_name
+from tokbench.gradual import PROPAGATIONS, format_schedule, parse_schedule
 from tokbench.policies import POLICIES, policy
 from tokbench.rollout import HEAD_FUSIONS
 from tokbench.selection import ORDERS, RESET_PATTERNS, TIE_BREAKS, check_ratios
@@ -54,6 +55,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "track_features": FEATURES,
     "window_queries": ("all", "kept"),
     "sdpa_flops": ("handle", "explicit"),
+    "propagation": PROPAGATIONS,
     "preset": PRESETS,
 }
 
@@ -95,6 +97,8 @@ class MethodConfig:
     pruned_score_fill: str = "auto"
     cut: str = "block0"  # block0: after block prune_block's attention + residual (reference); input: before block 0
     prune_block: int = 0  # the block whose attention + residual precedes the cut (cut=block0)
+    drop_schedule: str = ""  # gradual drop "BLOCK:COUNT[,...]" (docs/method.md 7.1); "" = one cut at prune_block
+    propagation: str = "none"  # scores of later drops: none | supplement | reference (docs/method.md 7.2)
     kv_reuse: str = "auto"  # auto: on for dense tasks (and policies that ask for it: eventful)
     window_queries: str = "all"  # windowed blocks after the cut: all queries of every window (reference), or kept
     sdpa_flops: str = "handle"  # handle: fused SDPA; explicit: every attention as q k^T, softmax, @ v
@@ -122,6 +126,21 @@ class MethodConfig:
             raise ConfigError("prune_block applies to cut=block0; cut=input prunes before block 0")
         if self.cut == "input" and self.track_features == "block0_keys":
             raise ConfigError("track_features=block0_keys needs cut=block0: no block runs before an input cut")
+        schedule = parse_schedule(self.drop_schedule)
+        object.__setattr__(self, "drop_schedule", format_schedule(schedule))
+        if schedule and self.cut == "input":
+            raise ConfigError("drop_schedule prunes at block cuts; it needs cut=block0")
+        if schedule and self.prune_block not in (0, schedule[0][0]):
+            raise ConfigError(f"drop_schedule starts at block {schedule[0][0]} but prune_block is {self.prune_block}; "
+                              "the schedule's first block is the cut")
+        if self.propagation != "none" and len(schedule) < 2:
+            raise ConfigError(f"propagation={self.propagation} scores the drops after the first one: give a "
+                              "drop_schedule with at least two blocks (e.g. 0:300,3:50)")
+
+    @property
+    def schedule(self) -> tuple[tuple[int, int], ...]:
+        """The drop schedule as ``((block, count), ...)`` in block order (``()``: one-shot pruning)."""
+        return parse_schedule(self.drop_schedule)
 
     def computed_scores(self, kv_reuse: bool) -> bool:
         """Whether a pruned frame's rollout gives every position a computed score (docs/method.md 2.7): with K/V reuse
@@ -148,7 +167,8 @@ class MethodConfig:
         if strict and fill == "computed" and not computed and policy(self.policy).rollout:
             raise ConfigError("pruned_score_fill=computed needs K/V reuse or block0_columns=keep at cut=block0; "
                               "pruned positions have no computed score here")
-        return self.replace(kv_reuse=kv, reset_mode=reset, pruned_score_fill=fill)
+        block = self.schedule[0][0] if self.schedule else self.prune_block
+        return self.replace(kv_reuse=kv, reset_mode=reset, pruned_score_fill=fill, prune_block=block)
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides) -> MethodConfig:

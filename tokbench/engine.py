@@ -19,6 +19,7 @@ from torch import nn
 from tokbench.adapters import adapter_for
 from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError
+from tokbench.gradual import block_tokens, first_drop, later_drop, propagate_step, transition
 from tokbench.policies import Cut, Need, policy
 from tokbench.rollout import (
     block_matrices,
@@ -83,14 +84,17 @@ class FrameRecord:
 
     t: int
     kind: str  # full | reset | pruned
-    kept: torch.Tensor | None  # [B, n] patch indices through the blocks after the cut; None = all N
-    num_kept: int  # n (patch tokens after the cut; prefix tokens not counted)
+    kept: torch.Tensor | None  # [B, n] patch indices through the blocks after the (first) cut; None = all N
+    num_kept: int  # n (patch tokens after the (first) cut; prefix tokens not counted)
     num_patches: int  # N
     predictions: Any
     heatmap: torch.Tensor | None = None  # s^t [B, N], the rollout of this frame
     degenerate_heatmaps: int = 0  # samples whose rollout was all-zero / non-finite (replaced by uniform)
     degenerate: list[bool] | None = None  # per sample: whether its rollout was replaced (None: no rollout)
     pattern: bool = False  # a reset frame pruned with the fixed pattern (reset_mode=pattern), not fully processed
+    block_tokens: list[int] | None = None  # patch tokens each block's MLP saw (a drop schedule's later drops)
+    kept_last: torch.Tensor | None = None  # [B, n_L] patches through the last block, when later drops ran
+    singular_solves: int = 0  # propagation solves that were singular (those samples carried their scores on)
 
 
 def _seq_index(keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
@@ -123,6 +127,10 @@ class StreamingEngine:
         self.reset_mode = cfg.reset_mode
         self.cut_block = cfg.prune_block if cfg.cut == "block0" else None  # None: the cut is before block 0
         self.explicit = cfg.sdpa_flops == "explicit"
+        schedule = cfg.schedule
+        self.first_count = schedule[0][1] if schedule else None  # the first drop's count (None: one-shot keep set)
+        self.drops = dict(schedule[1:])  # later blocks -> tokens dropped at their cut
+        self.propagation = cfg.propagation
         self._check()
         self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds spent in select / rollout
 
@@ -142,6 +150,13 @@ class StreamingEngine:
                               "averages every query of its cell")
         if Need.BOXES in self.policy.needs and not hasattr(self.task, "box_mask"):
             raise ConfigError(f"{name} needs a detection task (the previous frame's boxes)")
+        if cfg.schedule:
+            if not self.rollout or self.policy.select is not None:
+                raise ConfigError(f"drop_schedule ranks tokens by RGTP's tracked rollout; {name} has no such scores")
+            block_tokens(getattr(vit.model.patch_embed, "num_patches", 10**9), vit.depth, cfg.schedule)
+        if self.propagation == "reference" and not all(vit.is_global(b) for b in range(vit.depth)):
+            raise ConfigError("propagation=reference inverts every block's full attention; this model has windowed "
+                              "blocks (use propagation=supplement, which treats them as identity)")
 
     @contextmanager
     def _timed(self, part: str):
@@ -172,11 +187,16 @@ class StreamingEngine:
         kind = frame_kind(state.t, cfg.reset_every) if self.prunes else FULL
         z, grid = vit.embed(frames)
         x = vit.tokens(z, grid)
-        keep = seq = keys = None  # keys: the cut block's head-averaged patch keys [B, N, Ch]
+        keep = seq = keys = scores = rank = None  # keys: the cut block's head-averaged patch keys [B, N, Ch]
         attn: dict[int, torch.Tensor] = {}  # block -> attention probabilities, for the rollout
+        seqs: dict[int, torch.Tensor | None] = {}  # block -> its queries' positions among the N' tokens (None: all)
+        cuts: dict[int, torch.Tensor] = {}  # block -> positions kept after its attention, within its sequence
+        first = None  # the first cut's kept patches [B, n]
+        singular = 0
         if self.cut_block is None:
             with self._timed("select"):
-                keep = self._select(kind, state, z, None, grid, None)
+                keep, _ = self._select(kind, state, z, None, grid, None)
+            first = keep
             seq = None if keep is None else _seq_index(keep, vit.num_prefix)
             x = x if seq is None else gather_tokens(x, seq)
         for i, blk in enumerate(vit.blocks):
@@ -184,15 +204,33 @@ class StreamingEngine:
             if i == self.cut_block:
                 keys = vit.block0_keys(k)
             out, probs = self._attend(state, i, q, k, v, seq, keep)
+            seqs[i] = seq
             if probs is not None and self.rollout:
                 attn[i] = probs
             x = vit.attn_residual(blk, x, out)
+            local = None  # positions kept within this block's sequence
             if i == self.cut_block:
                 with self._timed("select"):
-                    keep = self._select(kind, state, z, keys, grid, probs)
-                if keep is not None:
-                    seq = _seq_index(keep, vit.num_prefix)
-                    x = gather_tokens(x, seq)
+                    keep, scores = self._select(kind, state, z, keys, grid, probs)
+                    if keep is not None and self.first_count is not None and scores is not None:
+                        keep, rank = first_drop(scores, keep, self.first_count, cfg.tie_break)
+                        scores = scores.gather(1, keep).to(torch.float64)  # s_0 on the survivors
+                first = keep
+                local = None if keep is None else _seq_index(keep, vit.num_prefix)
+            elif rank is not None and i <= max(self.drops, default=-1):
+                if self.propagation != "none" and probs is not None:
+                    with self._timed("propagation"):
+                        mat = transition(probs, seq, vit.num_prefix, self.propagation, cfg.head_fusion)
+                        scores, bad = propagate_step(mat, scores, self.propagation)
+                        singular += bad
+                if i in self.drops:
+                    kept_at = later_drop(rank, self.drops[i], scores if self.propagation != "none" else None)
+                    keep, rank, scores = keep.gather(1, kept_at), rank.gather(1, kept_at), scores.gather(1, kept_at)
+                    local = _seq_index(kept_at, vit.num_prefix)
+            if local is not None:
+                cuts[i] = local
+                seq = local if seq is None else seq.gather(1, local)
+                x = gather_tokens(x, local)
             x = vit.mlp_residual(blk, x)
         x = vit.finish(x)
         tokens = self._dense_output(state, x, seq) if self.task.dense else x
@@ -200,16 +238,21 @@ class StreamingEngine:
         record = FrameRecord(
             t=state.t,
             kind=kind,
-            kept=keep,
-            num_kept=z.shape[1] if keep is None else keep.shape[1],
+            kept=first,
+            num_kept=z.shape[1] if first is None else first.shape[1],
             num_patches=z.shape[1],
             predictions=predictions,
-            pattern=kind == RESET and keep is not None,
+            pattern=kind == RESET and first is not None,
+            block_tokens=_block_tokens(seqs, vit.num_prefix + z.shape[1], x.shape[1], vit.num_prefix)
+            if self.drops else None,
+            kept_last=keep if self.drops and rank is not None else None,
+            singular_solves=singular,
         )
         if self.rollout:
             with self._timed("rollout"):
                 start = self.task.rollout_start(vit, predictions, tokens, grid)
-                record.heatmap, record.degenerate = self._heatmap(state, kind, attn, start, seq, keep, keys, z, grid)
+                record.heatmap, record.degenerate = self._heatmap(
+                    state, kind, attn, start, seq, first, keys, z, grid, seqs, cuts)
                 record.degenerate_heatmaps = sum(record.degenerate)
         if self.policy.remember is not None:
             boxes = self.task.box_mask(predictions, grid) if Need.BOXES in self.policy.needs else None
@@ -257,22 +300,23 @@ class StreamingEngine:
         keys: torch.Tensor | None,
         grid: tuple[int, int],
         probs: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """Kept patch indices ``[B, n]`` for this frame, or ``None`` to keep every patch.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Kept patch indices ``[B, n]`` for this frame (``None`` to keep every patch) and, on an RGTP pruned
+        frame, the tracked scores ``[B, N]`` they were chosen by (else ``None``).
 
         ``z [B, N, C]`` are this frame's patch embeddings, ``keys [B, N, Ch]`` the cut block's head-averaged patch
         keys (``None`` at an input cut), ``probs [B, H, N', N']`` the cut block's attention (``Need.PROBS``).
         """
         cfg = self.resolved
         if kind == FULL or (kind == RESET and self.reset_mode == "full"):
-            return None
+            return None, None
         if kind == RESET:
             pattern = reset_pattern_indices(grid, cfg.reset_pattern).to(z.device)
-            return pattern.expand(z.shape[0], -1)
+            return pattern.expand(z.shape[0], -1), None
         if self.policy.select is not None:  # a baseline, at RGTP's budget
             n = kept_count(int(z.shape[1]), cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio)
             cut = Cut(z, grid, n, state.memory, state.rngs, probs, self.vit.num_prefix, self.vit.has_class_token)
-            return self.policy.select(cut)
+            return self.policy.select(cut), None
         prev, cur = (state.keys, keys) if cfg.track_features == "block0_keys" else (state.embed, z)
         scores = track_scores(
             state.heatmap,
@@ -284,9 +328,10 @@ class StreamingEngine:
             bounds=cfg.track_bounds,
             min_gain_pct=cfg.min_gain_pct,
         )
-        return rollout_keep_indices(
+        keep = rollout_keep_indices(
             scores, grid, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio, cfg.order, tie_break=cfg.tie_break
         )
+        return keep, scores
 
     # -- dense-task context: K/V reuse and the output buffer --------------------------------------------------
 
@@ -321,24 +366,28 @@ class StreamingEngine:
         keys: torch.Tensor | None,
         z: torch.Tensor,
         grid: tuple[int, int],
+        seqs: dict[int, torch.Tensor | None],
+        cuts: dict[int, torch.Tensor],
     ) -> tuple[torch.Tensor, list[bool]]:
         """Rollout of this frame over all N patches, sum-normalised: ``[B, N]`` and, per sample, whether it was
         degenerate (replaced by uniform scores).
 
-        ``start [B, S]`` weights the output tokens the head saw; ``keys [B, N, Ch]`` (the cut block's, or ``None``)
-        match pruned patches to kept ones (``nearest_kept``).
+        ``start [B, S]`` weights the output tokens the head saw (``seq [B, S]``: their positions); ``keep [B, n]``
+        are the first cut's patches; ``keys [B, N, Ch]`` (the cut block's, or ``None``) match pruned patches to
+        kept ones (``nearest_kept``). ``seqs``: each block's query positions; ``cuts``: where the sequence shrank.
         """
         cfg, num_prefix, num_patches = self.resolved, self.vit.num_prefix, z.shape[1]
         if self.kv_reuse and start.shape[1] != num_prefix + num_patches:  # classification: the head saw S tokens
             start = scatter_tokens(start.new_zeros(start.shape[0], num_prefix + num_patches), seq, start)
         if cfg.rollout_pool > 1:
-            scores = self._rollout_pooled(state, attn, seq, start, grid)
+            scores = self._rollout_pooled(state, attn, seqs, start, grid)
         else:
-            mats = dict(zip(attn, block_matrices(list(attn.values()), cfg.head_fusion, seq), strict=True))
+            own = [seqs[b] for b in attn]
+            mats = dict(zip(attn, block_matrices(list(attn.values()), cfg.head_fusion, own), strict=True))
             if self.kv_reuse:
-                scores = self._rollout_buffered(state, mats, seq, start)
+                scores = self._rollout_buffered(state, mats, seqs, start)
             else:
-                scores = shrinking_rollout(mats, seq, start, self.cut_block or 0, cfg.block0_columns, cfg.rollout_form)
+                scores = shrinking_rollout(mats, seq, start, cuts, cfg.block0_columns, cfg.rollout_form)
         previous = state.heatmap if kind == PRUNED else None
         feats = z if keys is None else keys
         args = (num_prefix, cfg.pruned_score_fill, cfg.rollout_norm)
@@ -351,7 +400,8 @@ class StreamingEngine:
                                             None if previous is None else previous[s], *args)[1]) for s in one]
 
     def _rollout_buffered(
-        self, state: ClipState, mats: dict[int, torch.Tensor], seq: torch.Tensor | None, start: torch.Tensor
+        self, state: ClipState, mats: dict[int, torch.Tensor], seqs: dict[int, torch.Tensor | None],
+        start: torch.Tensor
     ) -> torch.Tensor:
         """K/V-reuse rollout: kept rows refresh per-block ``[B, N', N']`` buffers of normalised rows. -> ``[B, N']``.
 
@@ -362,14 +412,14 @@ class StreamingEngine:
             if rows.shape[1] == rows.shape[2]:
                 state.rows[block] = rows
             else:
-                scatter_tokens(state.rows[block], seq, rows)
+                scatter_tokens(state.rows[block], seqs[block], rows)
         return propagate([state.rows[b] for b in mats], start, self.resolved.rollout_form)
 
     def _rollout_pooled(
         self,
         state: ClipState,
         attn: dict[int, torch.Tensor],
-        seq: torch.Tensor | None,
+        seqs: dict[int, torch.Tensor | None],
         start: torch.Tensor,
         grid: tuple[int, int],
     ) -> torch.Tensor:
@@ -385,10 +435,17 @@ class StreamingEngine:
             raise ConfigError(f"rollout_pool {pool} must divide the {grid[0]}x{grid[1]} token grid")
         num_tokens = prefix + grid[0] * grid[1]
         for block, probs in attn.items():
-            queries = None if probs.shape[2] == num_tokens else seq
+            queries = None if probs.shape[2] == num_tokens else seqs[block]
             state.rows[block] = pooled_rows(probs, state.rows.get(block), grid, pool, prefix, cfg.head_fusion, queries)
         u = pooled_start(start, grid, pool, prefix, cfg.anchor_fallback)
         return unpool_scores(propagate([state.rows[b] for b in attn], u, cfg.rollout_form), grid, pool, prefix)
+
+
+def _block_tokens(seqs: dict[int, torch.Tensor | None], num_tokens: int, final: int, num_prefix: int) -> list[int]:
+    """Patch tokens each block's MLP saw: the next block's query count (``num_tokens`` = N' where that block ran
+    every token; the final sequence length ``final`` for the last block)."""
+    lengths = [num_tokens if seq is None else seq.shape[1] for seq in list(seqs.values())[1:]] + [final]
+    return [n - num_prefix for n in lengths]
 
 
 def _refresh(buffers: dict[int, torch.Tensor], block: int, seq: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:

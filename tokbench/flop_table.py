@@ -12,16 +12,23 @@ Two conventions. ``fvcore``: one multiply-add = one MAC, attention counted (SDPA
 ``sdpa_flops``); each frame kind is traced once per configuration on the real engine step (``frame_flops``), so
 a row costs a few traces however long the run it describes. The method's overhead is split out:
 
-- rollout: RGTP's frame minus tracking minus matching minus a ``grid`` frame of the same kind (same kept tokens);
+- rollout: RGTP's traced frame minus matching minus a ``grid`` frame of the same kind (same kept tokens); under a
+  drop schedule (rgtp only) minus the same frame traced without its heatmap;
 - tracking: ``N (2r+1)^2 C`` analytically (elementwise work fvcore does not see);
 - matching (nearest-kept fill of a shrinking sequence): the engine's ``N n C_h`` product, traced;
+- propagation (a drop schedule's later drops scored by ``propagation``, docs/method.md 7.2): the float64 solves,
+  ``n^3/3 + n^2`` per solving block analytically (fvcore has no handle for ``linalg_solve_ex``);
 - selection: a sort of N scores, no multiply-adds (0 in this convention).
 
 ``paper``: the reference convention of docs/method.md 8, analytic (``tokbench.flops_ref``), on the paper's own
-architectures (``vitdet_b``, ``vivit_b_k400``, ``vivit_b_epic``) or on shapes read from a loaded model.
+architectures (``vitdet_b``, ``vivit_b_k400``, ``vivit_b_epic``) or on shapes read from a loaded model. It
+counts the propagation solves as 0 (as the reference does), so ``overhead_gmacs_propagation`` is 0.0 there.
+
+With a drop schedule (docs/method.md 7.1) ``kept_tokens_mean`` is the first cut's count and
+``kept_tokens_last_mean`` the count through the last block (the same without a schedule).
 
 Overheads in a row are in the row's unit (per frame, schedule-averaged; or per clip), so ``gmacs_per_<unit>``
-minus the three overheads is the backbone's (and heads') share.
+minus the four overheads is the backbone's (and heads') share.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ PAPER_VIDEO_VIEWS = {"vivit_b_k400": 12, "vivit_b_epic": 12}  # 3 spatial x 4 te
 DENSE_KINDS = ("detect", "features")
 CLASSIFICATION_KINDS = ("action", "classify")
 ROW_KINDS = ("full", "reset", "pattern", "pruned")  # reset: a full reset frame; pattern: a pattern reset frame
+OVERHEADS = ("rollout", "tracking", "match", "propagation")  # the overhead_gmacs_<part> columns
 
 
 def keep_ratio(keep: float, num_patches: int) -> float:
@@ -109,6 +117,11 @@ def row_kind(engine_kind: str, reset_mode: str) -> str:
     return "pattern" if engine_kind == RESET and reset_mode == "pattern" else engine_kind
 
 
+def dense_config(base: MethodConfig) -> MethodConfig:
+    """The dense baseline of ``base``: every token through every block (no keep budget, no drop schedule)."""
+    return base.replace(policy="dense", keep_ratio=1.0, drop_schedule="", propagation="none")
+
+
 def config_grid(
     base: MethodConfig, num_patches: int, keeps: list[float], windows: list[int] | None = None,
     resets: list[int] | None = None,
@@ -127,10 +140,16 @@ class KindGmacs:
     """One frame kind in GMACs, either convention: the total and the RGTP overhead inside it."""
 
     gmacs: float
-    kept_tokens: float
+    kept_tokens: float  # patches after the (first) cut
     rollout: float = 0.0
     tracking: float = 0.0
     match: float = 0.0
+    propagation: float = 0.0
+    kept_last: float | None = None  # patches through the last block (None: ``kept_tokens``)
+
+    @property
+    def kept_tokens_last(self) -> float:
+        return self.kept_tokens if self.kept_last is None else self.kept_last
 
 
 def unit_columns(
@@ -146,7 +165,8 @@ def unit_columns(
     unit 'frame': ``gmacs_per_frame`` = sum_k count_k cost_k / sum_k count_k (weights may be fractions).
     unit 'clip': ``gmacs_per_clip`` = views x (sum_k count_k cost_k + head_gmacs), head = temporal encoder +
     classifier of one view. Overheads are in the same unit; ``frac_full_frames`` counts t = 0 and full resets,
-    ``frac_pattern_frames`` pattern resets; ``kept_tokens_mean`` is the mean over steps (prefix not counted).
+    ``frac_pattern_frames`` pattern resets; ``kept_tokens_mean`` is the mean over steps of the (first) cut's
+    patches and ``kept_tokens_last_mean`` of the patches through the last block (prefix not counted).
     """
     used = {k: c for k, c in counts.items() if c}
     missing = sorted(set(used) - set(per_kind))
@@ -165,11 +185,12 @@ def unit_columns(
     for kind in ROW_KINDS:
         columns[f"gmacs_{kind}"] = _r(per_kind[kind].gmacs) if kind in per_kind else None
     columns["gmacs_temporal_head"] = _r(head_gmacs) if unit == "clip" and head_gmacs else None
-    for part in ("rollout", "tracking", "match"):
+    for part in OVERHEADS:
         columns[f"overhead_gmacs_{part}"] = round(weighted(part) * scale, 9)
     columns["frac_full_frames"] = round((used.get("full", 0) + used.get("reset", 0)) / total, 5)
     columns["frac_pattern_frames"] = round(used.get("pattern", 0) / total, 5)
     columns["kept_tokens_mean"] = round(weighted("kept_tokens") / total, 3)
+    columns["kept_tokens_last_mean"] = round(weighted("kept_tokens_last") / total, 3)
     return columns
 
 
@@ -218,7 +239,9 @@ def _ordered(columns: dict, cid: str, error: str) -> dict:
 
 _NUMBERS = ("gmacs_per_frame", "gmacs_per_clip", "gmacs_full", "gmacs_reset", "gmacs_pattern", "gmacs_pruned",
             "gmacs_temporal_head", "gmacs_ratio_vs_dense", "overhead_gmacs_rollout", "overhead_gmacs_tracking",
-            "overhead_gmacs_match", "frac_full_frames", "frac_pattern_frames", "kept_tokens_mean")
+            "overhead_gmacs_match", "overhead_gmacs_propagation", "frac_full_frames", "frac_pattern_frames",
+            "kept_tokens_mean", "kept_tokens_last_mean")
+_SCHEDULE_ONLY = {"overhead_gmacs_propagation", "kept_tokens_last_mean"}  # shown where a row has a drop schedule
 _BOOKKEEPING = {"model", "kind", "convention", "unit", "img_size", "config_id", "error", "unsupported_ops",
                 "by_operator", "seed", "weights"}
 
@@ -231,7 +254,9 @@ def table_columns(rows: list[dict]) -> list[str]:
     varying = [k for k in keys if k not in _BOOKKEEPING and k not in _NUMBERS
                and len({repr(r.get(k)) for r in pruned}) > 1]
     lead = [k for k in ("policy", "keep_ratio", "keep_tokens") if k in keys]
-    shown = lead + [k for k in varying if k not in lead] + [k for k in _NUMBERS if k in keys]
+    scheduled = any(r.get("drop_schedule") for r in rows)
+    numbers = [k for k in _NUMBERS if k in keys and (scheduled or k not in _SCHEDULE_ONLY)]
+    shown = lead + [k for k in varying if k not in lead] + numbers
     return shown + (["error"] if any(r.get("error") for r in rows) else [])
 
 
@@ -292,10 +317,10 @@ def fvcore_kind_costs(
     bare = _bare_costs(loaded, config, frame) if rgtp else costs
     out = {}
     for kind, cost in costs.items():
-        rollout = cost.gmacs - cost.overhead_gmacs_tracking - cost.overhead_gmacs_match - bare[kind].gmacs
+        rollout = cost.traced_gmacs - cost.overhead_gmacs_match - bare[kind].traced_gmacs
         out[row_kind(kind, config.reset_mode)] = KindGmacs(
             cost.gmacs, cost.kept_tokens, rollout if rgtp else 0.0, cost.overhead_gmacs_tracking,
-            cost.overhead_gmacs_match,
+            cost.overhead_gmacs_match, cost.overhead_gmacs_propagation, cost.kept_tokens_last,
         )
     return out, costs
 
@@ -348,8 +373,14 @@ _BARE: dict[tuple, dict[str, KindCost]] = {}
 
 
 def _bare_costs(loaded: LoadedModel, config: MethodConfig, frame: torch.Tensor) -> dict[str, KindCost]:
-    """Traced costs of ``config`` without the method (the same keep sets drawn by ``grid``), which neither tracks
-    nor rolls out: one trace serves every window and seed."""
+    """Traced costs of ``config`` without the method's rollout: the same keep sets drawn by ``grid``, which
+    neither tracks nor rolls out (one trace serves every window and seed); under a drop schedule, which only rgtp
+    runs, the same engine with the heatmap left out of the trace (``frame_costs(heatmap=False)``)."""
+    if config.schedule:
+        key = (id(loaded.model), config.replace(seed=0), tuple(frame.shape))
+        if key not in _BARE:
+            _BARE[key] = frame_costs(loaded.engine(config), frame, heatmap=False)
+        return _BARE[key]
     bare = config.replace(policy="grid", window=0, seed=0)
     key = (id(loaded.model), bare, tuple(frame.shape))
     if key not in _BARE:
@@ -405,7 +436,7 @@ def flop_rows(
             numbers["by_operator"] = {op: round(g, 6) for op, g in shown.by_operator.items()}
         return _ordered({**numbers, **job.identity}, job.config_id, ""), numbers[f"gmacs_per_{unit}"]
 
-    dense, dense_unit = row(base.replace(policy="dense", keep_ratio=1.0), None)
+    dense, dense_unit = row(dense_config(base), None)
     if dense["error"]:
         dense_unit = None
     else:
@@ -505,7 +536,8 @@ def paper_model(name: str, img_size: int | None = None, loaded: LoadedModel | No
 
 def _kind(cost: dict[str, float], extra_gmacs: float = 0.0) -> KindGmacs:
     return KindGmacs(cost["gmacs"] + extra_gmacs, cost["kept_tokens"], cost["overhead_gmacs_rollout"],
-                     cost["overhead_gmacs_tracking"], cost["overhead_gmacs_match"])
+                     cost["overhead_gmacs_tracking"], cost["overhead_gmacs_match"],
+                     cost["overhead_gmacs_propagation"], cost["kept_tokens_last"])
 
 
 def paper_kind_costs(model: PaperModel, config: MethodConfig) -> dict[str, KindGmacs]:
@@ -513,15 +545,19 @@ def paper_kind_costs(model: PaperModel, config: MethodConfig) -> dict[str, KindG
 
     What is counted follows the resolved options, as the engine runs them: K/V reuse (``kv_reuse``), full or
     pattern resets (``reset_mode``, ``reset_pattern``), nearest-kept matching on the shrinking sequence
-    (``block0_columns``, ``pruned_score_fill``), ``window_queries``, rollout form and pooling.
+    (``block0_columns``, ``pruned_score_fill``), ``window_queries``, rollout form and pooling, and a drop schedule
+    (``drop_schedule``, on pruned frames; its first block must be 0; ``propagation`` counts 0).
     """
     arch, step_head = model.spatial, model.step_classifier_gmacs()
     if not policy(config.policy).prunes:
         return {"full": _kind(ref_frame_gmacs(arch, "dense"), step_head)}
     if not policy(config.policy).rollout:
         raise ConfigError(f"the paper convention counts rgtp and dense only, not {config.policy!r}")
-    if config.cut != "block0" or getattr(config, "prune_block", 0) != 0:
-        raise ConfigError("the paper convention counts the cut inside block 0 only (cut=block0, prune_block=0)")
+    schedule = config.schedule
+    first = schedule[0][0] if schedule else getattr(config, "prune_block", 0)
+    if config.cut != "block0" or first != 0:
+        raise ConfigError("the paper convention counts the cut inside block 0 only (cut=block0, prune_block=0, "
+                          "a drop_schedule from block 0)")
     kv = config.kv_reuse == "on"
     common = {"rollout_form": config.rollout_form, "rollout_pool": config.rollout_pool, "kv_reuse": kv,
               "window_queries": config.window_queries, "block0_columns": config.block0_columns}
@@ -531,11 +567,12 @@ def paper_kind_costs(model: PaperModel, config: MethodConfig) -> dict[str, KindG
                                      score_fill=config.pruned_score_fill)
         return "nearest_kept" if nearest else "computed"
 
-    n = kept_count(arch.num_patches, config.keep_ratio, config.fg_ratio, config.bg_ratio)
+    n = arch.num_patches - schedule[0][1] if schedule else kept_count(
+        arch.num_patches, config.keep_ratio, config.fg_ratio, config.bg_ratio)
     full = ref_frame_gmacs(arch, "full", **common)
     out = {"full": _kind(full, step_head),
            "pruned": _kind(ref_frame_gmacs(arch, "pruned", keep_tokens=n, track_radius=config.window,
-                                           score_fill=fill("pruned"), **common), step_head)}
+                                           score_fill=fill("pruned"), schedule=schedule, **common), step_head)}
     if config.reset_every and config.reset_mode == "full":
         out["reset"] = out["full"]
     elif config.reset_every:
@@ -598,7 +635,7 @@ def paper_rows(
         numbers = {"keep_tokens": int(n), **numbers, **_ratio(dense_unit, numbers, unit)}
         return _row(identity, config, numbers), numbers[f"gmacs_per_{unit}"]
 
-    dense, dense_unit = row(base.replace(policy="dense", keep_ratio=1.0), None)
+    dense, dense_unit = row(dense_config(base), None)
     if not dense["error"]:
         dense["gmacs_ratio_vs_dense"] = 1.0
     return [dense] + [row(config, dense_unit)[0] for config in configs]

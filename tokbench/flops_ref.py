@@ -22,6 +22,7 @@ temporal encoder + classifier      counted (video classification)  whatever is t
 RGTP rollout products              matrix M³ / vector M² per block added analytically (state-only work is
                                                                    removed by tracing)
 tracking, nearest-kept matching    N(2r+1)²C, (N−n)·n·C_h          added analytically
+propagation solves (§7.2)          0                               n³/3 + n² per solving block, analytic
 rollout I-add, row norm, anchors   0                               0
 =================================  ==============================  ==========================================
 
@@ -29,6 +30,10 @@ Windowed attention (ViTDet): the grid is padded to a multiple of the window size
 ``window_partition`` does, and every padded window is counted (42×42 with 14×14 windows: 9 windows; 64×64: padded
 to 70×70, 25 windows of 196). Token-wise ops (QKV, projection, MLP) are counted on the N real tokens only, and
 rel-pos terms per window call on the ws×ws window. The 672-px anchors do not depend on this choice (42 = 3·14).
+
+A drop schedule (§7.1, ``((0, c_1), (b_2, c_2), ...)``) changes the token count per block (``block_counts``): every
+scheduled block runs its QKV, attention, projection and first residual at the count entering it and its MLP and
+second residual at the count after its drop; later blocks' queries are the surviving tokens.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ ROLLOUT_FORMS = ("matrix", "vector")
 WINDOW_QUERIES = ("all", "kept")
 BLOCK0_COLUMNS = ("cut", "keep")
 SCORE_FILLS = ("auto", "computed", "nearest_kept", "previous")
+
+Schedule = tuple[tuple[int, int], ...]  # a drop schedule ((block, count), ...), as MethodConfig.schedule gives it
 
 
 @dataclass(frozen=True)
@@ -196,32 +203,56 @@ def rollout_cells(arch: ViTArch, pool: int = 1) -> int:
 
 
 def rollout_macs(
-    arch: ViTArch, *, form: str = "matrix", pool: int = 1, kept: int | None = None, block0_columns: str = "cut"
+    arch: ViTArch,
+    *,
+    form: str = "matrix",
+    pool: int = 1,
+    kept: int | None = None,
+    block0_columns: str = "cut",
+    schedule: Schedule = (),
 ) -> int:
     """Rollout products over the participating blocks (§2.4, §2.7).
 
-    kept=None: full-size matrices (full frames, and pruned frames with K/V reuse, whose attention-row buffers
-    complete them): matrix form M³ per block, including the first product with I; vector form M² per block.
-    kept=n: shrinking sequence (no K/V reuse): block 0 is N'-sized, later blocks (P+n)-sized; matrix form
-    Σ m_l³ (block 0 at N'³); vector form (P+n)² per block, except that ``block0_columns='keep'`` reads the
-    (P+n) × N' rows of block 0: (P+n)·N'. Pooling needs full-size matrices (p = 1 here).
+    kept=None and no schedule: full-size matrices (full frames, and pruned frames with K/V reuse, whose
+    attention-row buffers complete them): matrix form M³ per block, including the first product with I; vector
+    form M² per block. kept=n or a drop schedule: the shrinking sequence (no K/V reuse), see ``shrinking_rollout_macs``.
+    Pooling needs full-size matrices (p = 1 there).
     """
     _check(form, ROLLOUT_FORMS, "rollout_form")
     _check(block0_columns, BLOCK0_COLUMNS, "block0_columns")
-    blocks = arch.rollout_blocks
-    power = 3 if form == "matrix" else 2
-    if kept is None:
-        return len(blocks) * rollout_cells(arch, pool) ** power
+    if kept is None and not schedule:
+        power = 3 if form == "matrix" else 2
+        return len(arch.rollout_blocks) * rollout_cells(arch, pool) ** power
     if pool != 1:
         raise ConfigError("rollout_pool > 1 on pruned frames needs kv_reuse (pooled rows need every query)")
-    m = arch.prefix + kept
+    return shrinking_rollout_macs(arch, form=form, kept=kept, block0_columns=block0_columns, schedule=schedule)
+
+
+def shrinking_rollout_macs(
+    arch: ViTArch, *, form: str, kept: int | None, block0_columns: str = "cut", schedule: Schedule = ()
+) -> int:
+    """Rollout on the shrinking sequence (no K/V reuse), the cut inside block 0 keeping n patches.
+
+    Matrix form (one cut only): Σ m_l³ with block 0 at N'³ and later blocks at m = P + n. Vector form: each
+    participating block applies its matrix with the rows of the tokens after its cut and the columns of the tokens
+    entering it, (P + n_after)·(P + n_before): (P+n)² on a block without a drop, (P+n)·N' at block 0 with
+    ``block0_columns='keep'``; ``'cut'`` cuts block 0's columns to the kept tokens too, (P+n)².
+    """
+    counts = block_counts(arch, kept, schedule)
+    p, blocks = arch.prefix, arch.rollout_blocks
     if form == "matrix":
         if block0_columns == "keep":
             raise ConfigError("block0_columns='keep' is computed in vector form; use rollout_form='vector'")
+        if schedule:
+            raise ConfigError("rollout_form=matrix with a drop_schedule on a shrinking sequence is not counted; "
+                              "use rollout_form=vector")
+        m = p + counts[0][1]
         return sum((arch.num_tokens if b == 0 else m) ** 3 for b in blocks)
-    if block0_columns == "keep":
-        return sum(m * arch.num_tokens if b == 0 else m * m for b in blocks)
-    return len(blocks) * m * m
+    total = 0
+    for b in blocks:
+        rows, cols = p + counts[b][1], p + counts[b][0]
+        total += rows * (rows if b == 0 and block0_columns == "cut" else cols)
+    return total
 
 
 def tracking_macs(arch: ViTArch, radius: int) -> int:
@@ -240,24 +271,61 @@ def match_macs(arch: ViTArch, kept: int) -> int:
 # Frames and schedules
 
 
-def backbone_macs(arch: ViTArch, kept: int | None = None, *, kv_reuse: bool = True, window_queries: str = "all") -> int:
-    """Backbone of one frame with the cut inside block 0 (kept=None: dense).
+def block_counts(arch: ViTArch, kept: int | None = None, schedule: Schedule = ()) -> list[tuple[int, int]]:
+    """Patch tokens of every block of one frame as ``(entering it, after its cut)``; the prefix is not counted.
+
+    Dense (kept None, no schedule): ``(N, N)`` everywhere. One cut inside block 0 keeping ``kept`` = n: ``(N, n)``,
+    then ``(n, n)``. A drop schedule ``((0, c_1), (b_2, c_2), ...)`` (§7.1): block 0 keeps N − c_1 and each later
+    scheduled block b_j drops c_j after its attention + residual; ``kept``, if given, must be N − c_1. The second
+    entries are what ``tokbench.gradual.block_tokens`` gives (this module stays free of torch).
+    """
+    n = arch.num_patches
+    if not schedule:
+        after = n if kept is None else kept
+        return [(n, after)] + [(after, after)] * (arch.depth - 1)
+    drops = dict(schedule)
+    if min(drops) != 0:
+        raise ConfigError(f"the reference convention cuts inside block 0: a drop_schedule must start at block 0, "
+                          f"not {min(drops)}")
+    if max(drops) >= arch.depth or min(drops.values()) < 1 or sum(drops.values()) >= n:
+        raise ConfigError(f"drop_schedule {sorted(drops.items())} does not fit {arch.depth} blocks of {n} patches "
+                          "(blocks below the depth, counts >= 1, at least one patch left)")
+    if kept is not None and kept != n - drops[0]:
+        raise ConfigError(f"keep_tokens {kept} disagrees with the drop_schedule, whose block 0 keeps {n - drops[0]}")
+    out, current = [], n
+    for block in range(arch.depth):
+        out.append((current, current - drops.get(block, 0)))
+        current = out[-1][1]
+    return out
+
+
+def backbone_macs(
+    arch: ViTArch,
+    kept: int | None = None,
+    *,
+    kv_reuse: bool = True,
+    window_queries: str = "all",
+    schedule: Schedule = (),
+) -> int:
+    """Backbone of one frame with the cut inside block 0 (kept=None and no schedule: dense).
 
     Position-encoding add on all N' tokens. Block 0: QKV, attention (all N'), projection and residual 1 at N';
     MLP and residual 2 at P+n. Blocks 1…L−1: token-wise ops at P+n; global attention (P+n) × N' with K/V reuse,
-    (P+n) × (P+n) without; windowed attention per ``window_queries``; rel-pos terms always at full size.
+    (P+n) × (P+n) without; windowed attention per ``window_queries``; rel-pos terms always at full size. With a
+    drop schedule n varies per block (``block_counts``): a scheduled block's attention side runs at the count
+    entering it, its MLP side at the count after its drop.
     """
     _check(window_queries, WINDOW_QUERIES, "window_queries")
-    full = arch.num_tokens
-    n = full if kept is None else arch.prefix + kept
-    if not kv_reuse and arch.window_size is not None and n != full:
+    full, p = arch.num_tokens, arch.prefix
+    counts = block_counts(arch, kept, schedule)
+    if not kv_reuse and arch.window_size is not None and counts[-1][1] != arch.num_patches:
         raise ConfigError("windowed attention needs kv_reuse (a shrinking sequence has no windows)")
-    n_k = full if kv_reuse else n
     total = full * arch.dim  # position-encoding add
-    total += attn_side_macs(arch, full) + mixing_macs(arch, 0, full, full) + mlp_side_macs(arch, n)
-    for b in range(1, arch.depth):
-        total += attn_side_macs(arch, n) + mlp_side_macs(arch, n)
-        total += mixing_macs(arch, b, n, n_k, window_queries if n != full else "all")
+    for b, (before, after) in enumerate(counts):
+        n_q = p + before
+        queries = window_queries if n_q != full else "all"
+        total += attn_side_macs(arch, n_q) + mixing_macs(arch, b, n_q, full if kv_reuse else n_q, queries)
+        total += mlp_side_macs(arch, p + after)
     return total
 
 
@@ -273,25 +341,34 @@ def ref_frame_gmacs(
     window_queries: str = "all",
     block0_columns: str = "cut",
     score_fill: str = "auto",
+    schedule: Schedule = (),
 ) -> dict[str, float]:
     """Reference-convention cost of one frame of the given kind, split into backbone and RGTP overhead (GMACs).
 
     kind: 'dense' (no RGTP at all), 'full' (first/reset frame: dense backbone + full rollout), 'pruned'
     (tracking + selection, keep_tokens = n patches kept), 'pattern' (fixed keep pattern of n patches, no
     tracking). Nearest-kept matching is counted when the pruned scores are filled that way (``score_fill``;
-    'auto' = 'computed' with K/V reuse or ``block0_columns='keep'``, else 'nearest_kept').
+    'auto' = 'computed' with K/V reuse or ``block0_columns='keep'``, else 'nearest_kept'), against the n of the
+    cut inside block 0. ``schedule``: a drop schedule (§7.1) starting at block 0, for 'pruned' frames only (full
+    frames are dense and pattern frames keep their pattern through every block); it sets n = N − c_1 (keep_tokens
+    may then be left out). Its propagation solves (§7.2) count 0 in this convention.
 
     Returns ``gmacs`` (total), ``backbone_gmacs``, ``overhead_gmacs`` and its split ``overhead_gmacs_rollout``,
-    ``overhead_gmacs_tracking``, ``overhead_gmacs_match``, plus ``kept_tokens`` (n; N on dense/full frames).
+    ``overhead_gmacs_tracking``, ``overhead_gmacs_match``, ``overhead_gmacs_propagation``, plus ``kept_tokens``
+    (n; N on dense/full frames) and ``kept_tokens_last`` (patches through the last block).
     """
     _check(kind, FRAME_KINDS, "frame kind")
     _check(score_fill, SCORE_FILLS, "score_fill")
     reduced = kind in ("pruned", "pattern")
+    schedule = tuple(sorted(schedule)) if kind == "pruned" else ()
+    if schedule and keep_tokens is None:
+        keep_tokens = arch.num_patches - schedule[0][1]
     if reduced != (keep_tokens is not None):
         raise ConfigError(f"keep_tokens is required for pruned/pattern frames and invalid for {kind!r} frames")
     if reduced and not 1 <= keep_tokens <= arch.num_patches:
         raise ConfigError(f"keep_tokens {keep_tokens} outside 1..{arch.num_patches}")
-    backbone = backbone_macs(arch, keep_tokens, kv_reuse=kv_reuse, window_queries=window_queries)
+    counts = block_counts(arch, keep_tokens, schedule)
+    backbone = backbone_macs(arch, keep_tokens, kv_reuse=kv_reuse, window_queries=window_queries, schedule=schedule)
     rollout = tracking = match = 0
     if kind != "dense":
         shrinking = reduced and not kv_reuse
@@ -301,6 +378,7 @@ def ref_frame_gmacs(
             pool=rollout_pool,
             kept=keep_tokens if shrinking else None,
             block0_columns=block0_columns,
+            schedule=schedule if shrinking else (),
         )
     if kind == "pruned":
         tracking = tracking_macs(arch, track_radius)
@@ -317,7 +395,9 @@ def ref_frame_gmacs(
         "overhead_gmacs_rollout": rollout / GIGA,
         "overhead_gmacs_tracking": tracking / GIGA,
         "overhead_gmacs_match": match / GIGA,
+        "overhead_gmacs_propagation": 0.0,
         "kept_tokens": float(keep_tokens if reduced else arch.num_patches),
+        "kept_tokens_last": float(counts[-1][1]),
     }
 
 

@@ -6,12 +6,15 @@ nearest-kept matching of a shrinking sequence) is counted, and memoised by kind.
 SDPA handle or, with ``sdpa_flops='explicit'`` in the engine's configuration, as the explicit matmuls the engine
 then runs. Tracking is elementwise work fvcore does not count; it is added analytically (``N (2r+1)^2 C`` MACs)
 as its own overhead line. The matching is traced (the engine compares all N patches with the n kept ones:
-``N n C_h`` MACs) and also reported on its own line.
+``N n C_h`` MACs) and also reported on its own line. A drop schedule's later drops are part of the traced step;
+its propagation solves (docs/method.md 7.2) are not: fvcore has no handle for ``aten::linalg_solve_ex`` (it stays
+in the unsupported-op list), so they are added analytically, ``n^3/3 + n^2`` per solve, as their own line too.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,6 +23,7 @@ import torch
 from tokbench.engine import FULL, PRUNED, RESET, StreamingEngine
 from tokbench.flops import count_gmacs
 from tokbench.flops_ref import GIGA, fills_nearest_kept
+from tokbench.gradual import block_tokens, solve_macs
 from tokbench.tracking import tracking_macs
 
 
@@ -28,13 +32,20 @@ class KindCost:
     """Cost of one frame kind in GMACs (fvcore convention)."""
 
     kind: str
-    kept_tokens: int
-    gmacs: float  # everything traced, tracking included
+    kept_tokens: int  # patches after the (first) cut
+    gmacs: float  # everything traced, plus the analytic tracking and propagation
     overhead_gmacs_tracking: float
     unsupported: dict[str, int]
-    by_operator: dict[str, float]  # fvcore's per-operator GMACs (tracking not included)
+    by_operator: dict[str, float]  # fvcore's per-operator GMACs (tracking and propagation not included)
     overhead_gmacs_match: float = 0.0  # nearest-kept matching of pruned scores (traced; part of ``gmacs``)
     sdpa_flops: str = "handle"  # how attention was counted: SDPA handle or explicit matmuls
+    overhead_gmacs_propagation: float = 0.0  # a drop schedule's score propagation solves (analytic; in ``gmacs``)
+    kept_tokens_last: int | None = None  # patches through the last block (None: ``kept_tokens``)
+
+    @property
+    def traced_gmacs(self) -> float:
+        """What fvcore counted in the traced step: ``gmacs`` without the analytic tracking and propagation."""
+        return self.gmacs - self.overhead_gmacs_tracking - self.overhead_gmacs_propagation
 
 
 def _flatten(predictions) -> list[torch.Tensor]:
@@ -58,37 +69,49 @@ def _frozen(modules: list[torch.nn.Module]):
             p.requires_grad_(True)
 
 
-def frame_costs(engine: StreamingEngine, frame: torch.Tensor) -> dict[str, KindCost]:
-    """Trace one frame of each kind that the engine's schedule produces: ``frame [1, 3, H, W]``."""
+def frame_costs(
+    engine: StreamingEngine, frame: torch.Tensor, *, heatmap: bool = True, kinds: Collection[str] | None = None
+) -> dict[str, KindCost]:
+    """Trace one frame of each kind that the engine's schedule produces (or of those of ``kinds``):
+    ``frame [1, 3, H, W]``.
+
+    ``heatmap=False`` leaves the frame's heatmap out of the traced outputs, so the rollout and the nearest-kept
+    matching (work that only feeds the next frame) are not counted.
+    """
     modules = [engine.vit.model] + [m for m in vars(engine.task).values() if isinstance(m, torch.nn.Module)]
     with _frozen(modules):
-        return _frame_costs(engine, frame)
+        return _frame_costs(engine, frame, heatmap, kinds)
 
 
-def _frame_costs(engine: StreamingEngine, frame: torch.Tensor) -> dict[str, KindCost]:
+def _frame_costs(
+    engine: StreamingEngine, frame: torch.Tensor, heatmap: bool = True, only: Collection[str] | None = None
+) -> dict[str, KindCost]:
     state = engine.new_state()
     engine.step(frame, state)  # seeds heatmap, embeddings and buffers as a first frame does
     reset_t = engine.config.reset_every if engine.config.reset_every > 0 else None
     kinds = {FULL: 0} if not engine.prunes else {FULL: 0, PRUNED: 1} | ({RESET: reset_t} if reset_t else {})
+    kinds = {k: t for k, t in kinds.items() if only is None or k in only}
     sdpa = getattr(engine.config, "sdpa_flops", "handle")
     costs = {}
     for kind, t in kinds.items():
         seeded = copy.deepcopy(state)
         seeded.t = t
-        probe = copy.deepcopy(seeded)
-        kept = engine.step(frame, probe).num_kept
+        probe = engine.step(frame, copy.deepcopy(seeded))
+        kept = probe.num_kept
+        last = probe.block_tokens[-1] if probe.block_tokens else kept
 
         def traced(x, seeded=seeded):
             rec = engine.step(x, copy.copy(seeded))
-            extra = [rec.heatmap] if rec.heatmap is not None else []
+            extra = [rec.heatmap] if rec.heatmap is not None and heatmap else []
             return tuple(_flatten(rec.predictions) + extra)
 
         count = count_gmacs(traced, (frame,), sdpa=sdpa)
         n_patches = state.embed.shape[1]
         track = tracking_gmacs(engine, n_patches) if kind == PRUNED else 0.0
-        match = match_gmacs(engine, kind, n_patches, kept)
-        costs[kind] = KindCost(kind, kept, count.gmacs + track, track, count.unsupported, count.by_operator,
-                               match, sdpa)
+        match = match_gmacs(engine, kind, n_patches, kept) if heatmap else 0.0
+        solves = propagation_gmacs(engine, kind, n_patches)
+        costs[kind] = KindCost(kind, kept, count.gmacs + track + solves, track, count.unsupported, count.by_operator,
+                               match, sdpa, solves, last)
     return costs
 
 
@@ -113,3 +136,16 @@ def match_gmacs(engine: StreamingEngine, kind: str, num_patches: int, kept: int)
         return 0.0
     dim = engine.vit.head_dim if engine.config.cut == "block0" else engine.vit.embed_dim
     return num_patches * kept * dim / GIGA
+
+
+def propagation_gmacs(engine: StreamingEngine, kind: str, num_patches: int) -> float:
+    """The score propagation of a pruned frame under a drop schedule (docs/method.md 7.2), in GMACs: one float64
+    ``n x n`` solve, ``solve_macs(n)``, at every global block strictly after the first cut up to and including the
+    last scheduled block, n = the patch tokens entering that block; windowed blocks solve nothing (identity). 0
+    with ``propagation=none``, on other frame kinds, and without a later drop."""
+    schedule = engine.resolved.schedule
+    if kind != PRUNED or engine.propagation == "none" or len(schedule) < 2:
+        return 0.0
+    entering = [num_patches] + block_tokens(num_patches, engine.vit.depth, schedule)
+    first, last = schedule[0][0], schedule[-1][0]
+    return sum(solve_macs(entering[b]) for b in range(first + 1, last + 1) if engine.vit.is_global(b)) / GIGA

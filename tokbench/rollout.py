@@ -60,14 +60,17 @@ def _residual_normalize_(a: torch.Tensor, own: torch.Tensor | None) -> torch.Ten
 
 
 def block_matrices(
-    probs: Sequence[torch.Tensor], head_fusion: str = "rms", own: torch.Tensor | None = None
+    probs: Sequence[torch.Tensor],
+    head_fusion: str = "rms",
+    own: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """``residual_normalize(fuse_heads(p))`` for every block, blocks of equal shape in one batched pass.
 
     Args:
         probs: L attention maps ``[B, H, S_l, Nk_l]``.
         own: ``[B, S]`` column of each row's own token, used for the non-square maps (kept query rows over
-            all keys); square maps get the identity on the diagonal.
+            all keys); square maps get the identity on the diagonal. One per block where blocks ran different
+            sequences (a drop schedule); blocks of one shape share it.
     Returns:
         L matrices ``[B, S_l, Nk_l]``, rows summing to 1.
     """
@@ -78,7 +81,8 @@ def block_matrices(
     for (b, h, s, nk), members in groups.items():
         stacked = torch.stack([probs[i] for i in members]).view(-1, h, s, nk)
         fused = fuse_heads(stacked, head_fusion).view(len(members), b, s, nk)
-        fused = _residual_normalize_(fused, None if s == nk else own)
+        rows = own[members[0]] if isinstance(own, (list, tuple)) else own
+        fused = _residual_normalize_(fused, None if s == nk else rows)
         for j, i in enumerate(members):
             mats[i] = fused[j]
     return mats
@@ -321,36 +325,44 @@ def shrinking_rollout(
     mats: dict[int, torch.Tensor],
     seq: torch.Tensor | None,
     start: torch.Tensor,
-    cut: int,
+    cuts: dict[int, torch.Tensor],
     block0_columns: str = "cut",
     form: str = "vector",
 ) -> torch.Tensor:
-    """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``).
+    """Rollout on the shrinking sequence (classification, or ``kv_reuse=off``), with one cut or several.
 
-    Blocks after the cut roll out over the kept tokens. The blocks up to the cut ran on all ``N'`` tokens;
-    their product ``R = a_c ... a_0`` is cut to the kept rows and (``block0_columns=cut``) columns, or keeps
-    all columns (``keep``: every position gets a computed score). At an input cut every block is reduced.
+    A block with a cut ran on its own sequence and kept the rows ``cuts[block]`` of it; so the product
+    ``R = a_{L-1} ... a_0`` is cut, at each such block, to the kept rows, and (``block0_columns=cut``) its columns
+    to the first cut's kept tokens, or keeps all columns (``keep``: every position gets a computed score). At an
+    input cut (``cuts`` empty) every block is already reduced.
 
     Args:
-        mats: block -> residual-normalised matrix, ``[B, N', N']`` up to the cut and ``[B, S, S]`` after it.
-        seq: ``[B, S]`` sequence positions after the cut (``None``: nothing pruned).
+        mats: block -> residual-normalised matrix over the tokens its attention saw: ``[B, N', N']`` up to the
+            first cut, ``[B, S_l, S_l]`` after it.
+        seq: ``[B, S]`` the final sequence's positions among the ``N'`` tokens (``None``: nothing pruned).
         start: ``[B, S]`` weights over the output tokens (``[B, N']`` on a dense task: reduced to the kept anchors).
-        cut: the block whose attention precedes the cut (0 at an input cut).
+        cuts: block -> ``[B, S_after]`` positions kept after its attention, within its own sequence.
     Returns:
-        ``[B, S]`` (``block0_columns=cut``) or ``[B, N']``, unnormalised.
+        ``[B, S_1]`` (the first cut's tokens; ``block0_columns=cut``) or ``[B, N']``, unnormalised.
     """
     if seq is not None and start.shape[1] != seq.shape[1]:  # dense task without K/V reuse: kept anchors only
         start = gather_tokens(start, seq)
         start = torch.where(start.sum(1, keepdim=True) > 0, start, torch.ones_like(start))
         start = start / start.sum(1, keepdim=True)
-    later = [mats[b] for b in sorted(mats) if b > cut]
-    v = propagate(later, start, form) if later else start
-    full = [mats[b] for b in sorted(mats) if b <= cut]  # first block first
-    if seq is not None and full[-1].shape[1] != seq.shape[1]:  # cut R: kept rows of a_c, kept columns of a_0
-        full[-1] = gather_tokens(full[-1], seq, dim=1)
-        if block0_columns == "cut":
-            full[0] = gather_tokens(full[0], seq, dim=2)
-    for a in reversed(full):
+    if set(cuts) - set(mats):
+        raise ValueError(f"cut blocks {sorted(set(cuts) - set(mats))} have no rollout matrix")
+    first = min(cuts) if cuts else min(mats)  # blocks up to here ran every token (or, at an input cut, block 0)
+    v, pending = start, []  # pending: the uncut blocks after the current position, first block first
+    for block in sorted(mats, reverse=True):
+        a = mats[block]
+        if block not in cuts and block > first:
+            pending.insert(0, a)
+            continue
+        v, pending = (propagate(pending, v, form) if pending else v), []
+        if block in cuts:
+            a = gather_tokens(a, cuts[block], dim=1)
+        if block == min(mats) and cuts and block0_columns == "cut":
+            a = gather_tokens(a, cuts[first], dim=2)
         v = torch.bmm(v.unsqueeze(1), a).squeeze(1)
     return v
 
