@@ -75,9 +75,14 @@ class ViTDetector(nn.Module):
         self.head = CentreHead(spec.embed_dim, spec.num_classes, spec.head_dim)
 
     def head_from_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Patch tokens ``[B, N, C]`` -> head outputs."""
+        """Patch tokens ``[B, N, C]`` -> head outputs.
+
+        The map is made contiguous (NCHW): as a view of the tokens it has channels-last strides, for which oneDNN
+        picks batch-size-dependent convolutions; on a contiguous map every image's outputs are the same bits
+        whatever batch it is in (``tests/test_lockstep.py`` checks this through the engine).
+        """
         b, n, c = tokens.shape
-        return self.head(tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1]))
+        return self.head(tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1]).contiguous())
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = self.backbone.forward_features(frames)
@@ -109,15 +114,11 @@ class DetectionTask:
         self.detector, self.score_thr, self.clip_end, self.fallback = detector, score_thr, clip_end, fallback
 
     def head(self, vit: ViTAdapter, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Dense output ``[B, N', C]`` -> detections per image.
-
-        One image at a time: oneDNN may pick a convolution whose last bits depend on the batch size, and a clip's
-        detections must not depend on which clips share its batch (``pipeline.stream``'s lockstep batches).
-        """
+        """Dense output ``[B, N', C]`` -> detections per image, the whole batch in one head call (a clip's
+        detections do not depend on which clips share its batch: see ``ViTDetector.head_from_tokens``)."""
         grid, spec = vit.model.patch_embed.grid_size, self.detector.spec
-        patches = tokens[:, vit.num_prefix :]
-        return [det for b in range(patches.shape[0]) for det in decode(
-            self.detector.head_from_tokens(patches[b : b + 1], grid), spec.patch_size, spec.max_detections)]
+        out = self.detector.head_from_tokens(tokens[:, vit.num_prefix :], grid)
+        return decode(out, spec.patch_size, spec.max_detections)
 
     def box_mask(self, predictions: list[dict[str, torch.Tensor]], grid: tuple[int, int]) -> torch.Tensor:
         """Patches covered by a detection scoring above the threshold: ``[B, N]`` bool (may be empty)."""
