@@ -197,7 +197,8 @@ def test_bench_runs_a_windowed_model(run_cli):
     assert code == 0, err
     rows = json.loads(out)
     assert [r["keep_tokens"] for r in rows] == [16, 16, 16, 4] and rows[3]["frame_kind"] == "pruned"
-    assert rows[3]["block_slowdown"] is None and rows[3]["gmacs_ratio_vs_dense"] > 1
+    assert rows[3]["block_efficiency"] is None and rows[3]["gmacs_ratio_vs_dense"] > 1
+    assert rows[3]["method_ms"] is None and rows[3]["speedup_vs_random"] is None  # neither grid nor random ran
 
 
 def test_ablate_on_a_kinetics_csv_scores_top1_with_vivit(tmp_path, run_cli):
@@ -293,18 +294,26 @@ def test_bench_smoke_on_a_tiny_model_gives_well_formed_rows(tmp_path, run_cli):
                                          "tokbench dense", "rgtp keep=0.25", "random keep=0.25"]
     for row in rows:
         assert {"policy", "keep_tokens", "step_ms_median", "speedup_vs_dense", "gmacs_ratio_vs_dense",
-                "overhead_pct"} <= row.keys()
+                "timed_parts_pct", "method_ms", "method_pct", "speedup_vs_random", "block_efficiency"} <= row.keys()
+        assert not {"overhead_ms", "overhead_pct", "block_slowdown"} & row.keys()
         assert row["step_ms_median"] > 0 and row["step_ms_iqr"] >= 0
-    dense, rgtp = rows[2], rows[3]
+    dense, rgtp, random = rows[2], rows[3], rows[4]
     assert dense["speedup_vs_dense"] == 1.0 and dense["keep_tokens"] == 16
+    assert dense["method_ms"] is None and dense["speedup_vs_random"] is None
     assert rgtp["frame_kind"] == "pruned" and rgtp["keep_tokens"] == 4 and rgtp["steps_timed"] == 3
-    assert rgtp["gmacs_ratio_vs_dense"] > 1 and rgtp["overhead_ms"] > 0 and rows[4]["overhead_ms"] < rgtp["overhead_ms"]
-    assert dense["block_slowdown"] == 1.0 and rgtp["block_slowdown"] > 0
+    assert rgtp["gmacs_ratio_vs_dense"] > 1
+    assert rgtp["timed_parts_ms"] > 0 and random["timed_parts_ms"] < rgtp["timed_parts_ms"]
+    # no grid: method_ms is measured against random at the same keep
+    assert rgtp["method_ms"] == pytest.approx(rgtp["step_ms_median"] - random["step_ms_median"], abs=2e-3)
+    assert rgtp["speedup_vs_random"] == pytest.approx(random["step_ms_median"] / rgtp["step_ms_median"], abs=5e-3)
+    assert random["method_ms"] == 0 and random["speedup_vs_random"] == 1.0
+    assert dense["block_efficiency"] == 1.0 and rgtp["block_efficiency"] > 0
     assert (tmp_path / "bench" / "rows.csv").exists() and (tmp_path / "bench" / "meta.json").exists()
     code, _, err = run_cli("report", str(tmp_path / "bench"), "--out", str(tmp_path / "report"))
     assert code == 0, err
     text = (tmp_path / "report" / "report.md").read_text()
     assert "wall-clock" in text and "speedup_over_gmacs_ratio" in text and "rgtp keep=0.25" in text
+    assert "method_ms" in text and "block_efficiency" in text and "speedup_vs_random" in text
 
 
 def test_bench_logs_each_timed_clip_and_an_interrupted_run_resumes(tmp_path, run_cli):

@@ -2,11 +2,24 @@
 
 Streaming latency is measured at batch 1 the way a video runs: frame t waits for frame t-1, state carries over,
 every step is timed on its own (``torch.cuda.synchronize`` around it on a GPU). Engines are interleaved
-round-robin, one clip each per repeat, so drift on a shared machine hits every row alike. Reported: the median
-and IQR of the steps of each frame kind, the speed-up of pruned frames over tokbench's dense frame next to the
-GMACs ratio of the same frames, and the method's own time (scoring, tracking, selection, rollout, and a drop
-schedule's score propagation) in ms and as a share of the pruned frame, with the propagation's share on its own
-(``propagation_ms``). Throughput runs ``batch`` clips in lockstep.
+round-robin, one clip each per repeat, so drift on a shared machine hits every row alike. Reported per row (the timed
+frame kind is the pruned one where a policy prunes, else the full frame):
+
+- ``step_ms_median`` / ``step_ms_iqr``: median and IQR of the timed steps;
+- ``speedup_vs_dense`` and ``gmacs_ratio_vs_dense``: the step's speed-up over tokbench's dense frame next to the
+  GMACs ratio of the same frames, and ``speedup_over_gmacs_ratio``, how much of the FLOP saving turns into speed;
+- ``method_ms`` / ``method_pct``: what a policy's own work costs in wall-clock, the row's pruned step median minus
+  that of ``grid`` at the same budget (a fixed keep set: the same pruned model, fused attention, no scoring), or of
+  ``random`` where grid was not timed; for RGTP it includes the premium of explicit attention probabilities over
+  fused SDPA, which no timer inside the engine sees (``comparison_columns``);
+- ``speedup_vs_random``: the same-budget ``random`` row's pruned step median over this row's;
+- ``timed_parts_ms`` / ``timed_parts_pct``: the engine's own split of its parts (scoring, tracking, selection,
+  rollout, a drop schedule's score propagation), timed inside the step, with the propagation on its own
+  (``propagation_ms``); it leaves out what those parts change in the blocks around them (see ``method_ms``);
+- ``block_efficiency``: one block's MACs per ms at the pruned length over that at the dense length
+  (``block_times``).
+
+Throughput runs ``batch`` clips in lockstep.
 
 Configurations are resolved and named by ``jobs.resolve``, as every command's rows are: a configuration the engine
 refuses becomes a row with ``error`` and the others are timed. The timed clip is a synthetic pan (``moving_clip``)
@@ -47,6 +60,7 @@ class Entry:
     engine: StreamingEngine | None
     step: Callable[[torch.Tensor, object], str]  # (frame [B, 3, H, W], state) -> frame kind
     new_state: Callable[[int], object]  # clip index -> fresh state (seeds a random policy per clip)
+    keep: float | None = None  # the keep ratio of a policy's row (its budget); None: dense and timm
 
 
 def _sync(device: torch.device) -> None:
@@ -101,13 +115,15 @@ def _dense(base: MethodConfig) -> MethodConfig:
     return base.replace(policy="dense", drop_schedule="", propagation="none")
 
 
-def _engine_entry(loaded: LoadedModel, config: MethodConfig, name: str, experiment: dict) -> Entry:
+def _engine_entry(
+    loaded: LoadedModel, config: MethodConfig, name: str, experiment: dict, keep: float | None = None
+) -> Entry:
     """An engine configuration, resolved like every command's rows; a refused one keeps its error, no engine."""
     job = resolve(loaded, config, 1, experiment)
     if job.error:
-        return Entry(name, config.policy, job, None, lambda f, s: "", lambda clip: None)
+        return Entry(name, config.policy, job, None, lambda f, s: "", lambda clip: None, keep)
     engine = loaded.engine(config)
-    return Entry(name, config.policy, job, engine, lambda f, s: engine.step(f, s).kind, engine.new_state)
+    return Entry(name, config.policy, job, engine, lambda f, s: engine.step(f, s).kind, engine.new_state, keep)
 
 
 def run_bench(
@@ -139,7 +155,7 @@ def run_bench(
     for keep in keeps:
         for policy in policies:
             config = base.replace(policy=policy, keep_ratio=keep)
-            entries.append(_engine_entry(loaded, config, f"{policy} keep={keep:g}", experiment))
+            entries.append(_engine_entry(loaded, config, f"{policy} keep={keep:g}", experiment, keep))
     failed = [e for e in entries if e.job is not None and e.job.error]
     if entries[2] in failed:
         raise TokbenchError(f"tokbench dense: {entries[2].job.error}")
@@ -148,26 +164,26 @@ def run_bench(
     frames = clip.shape[0]
     write = RecordWriter(log) if log is not None else None
     steps: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # name -> kind -> step ms
-    method: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # all engine.timings ms per step
+    parts: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # all engine.timings ms per step
     solves: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # the propagation's share of it
-    done = _logged_clips(log, log_key, steps, method, solves, repeats)
+    done = _logged_clips(log, log_key, steps, parts, solves, repeats)
     for r in range(warmup + repeats):
         for entry in entries:
             if r >= warmup and (r - warmup, entry.name) in done:
                 continue
             if on_progress:
                 on_progress(f"repeat {r + 1}/{warmup + repeats}: {entry.name}")
-            clip_steps, clip_method, clip_solves = _time_clip(entry, clip, dev, r)
+            clip_steps, clip_parts, clip_solves = _time_clip(entry, clip, dev, r)
             if r >= warmup:
                 for kind in clip_steps:
                     steps[entry.name].setdefault(kind, []).extend(clip_steps[kind])
-                    method[entry.name].setdefault(kind, []).extend(clip_method[kind])
+                    parts[entry.name].setdefault(kind, []).extend(clip_parts[kind])
                     solves[entry.name].setdefault(kind, []).extend(clip_solves[kind])
                 if write is not None:
                     write({"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
-                           "method_ms": clip_method, "propagation_ms": clip_solves})
+                           "timed_parts_ms": clip_parts, "propagation_ms": clip_solves})
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
-    rows = _rows(loaded, entries, steps, method, solves, throughput, repeats, frames, clip[0, :1], batch, base)
+    rows = _rows(loaded, entries, steps, parts, solves, throughput, repeats, frames, clip[0, :1], batch, base)
     return rows + [_failed_row(loaded, e) for e in failed]
 
 
@@ -181,10 +197,10 @@ def _time_clip(
     entry: Entry, clip: torch.Tensor, dev: torch.device, index: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
     """Run one clip ``[T, 1, 3, H, W]`` with fresh state (``index``: the repeat, seeding a random policy as clip
-    ``index``); per frame kind, the step times, the method's own time (every part of ``engine.timings``) and the
-    propagation's part of it (ms)."""
+    ``index``); per frame kind, the step times, the engine's timed parts (the sum of ``engine.timings``) and the
+    propagation's part of them (ms)."""
     steps: dict[str, list[float]] = {}
-    method: dict[str, list[float]] = {}
+    parts: dict[str, list[float]] = {}
     solves: dict[str, list[float]] = {}
     state = entry.new_state(index)
     for frame in clip:
@@ -196,18 +212,19 @@ def _time_clip(
         _sync(dev)
         steps.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
         timings = entry.engine.timings if entry.engine is not None else {}
-        method.setdefault(kind, []).append(sum(timings.values()) * 1000)
+        parts.setdefault(kind, []).append(sum(timings.values()) * 1000)
         solves.setdefault(kind, []).append(timings.get("propagation", 0.0) * 1000)
     if entry.engine is not None:
         entry.engine.timings = None
-    return steps, method, solves
+    return steps, parts, solves
 
 
 def _logged_clips(
-    log: Path | None, key: str, steps: dict, method: dict, solves: dict, repeats: int
+    log: Path | None, key: str, steps: dict, parts: dict, solves: dict, repeats: int
 ) -> set[tuple[int, str]]:
-    """Load the timed clips of ``log`` with this ``key`` into ``steps`` / ``method`` / ``solves`` (lines written
-    before the propagation was timed count it as 0); their (repeat, name)."""
+    """Load the timed clips of ``log`` with this ``key`` into ``steps`` / ``parts`` / ``solves`` (lines written
+    before the propagation was timed count it as 0; lines of older versions name the timed parts ``method_ms``);
+    their (repeat, name)."""
     done: set[tuple[int, str]] = set()
     if log is None or not log.exists():
         return done
@@ -220,9 +237,10 @@ def _logged_clips(
         if line.get("key") != key or pair[1] not in steps or pair[0] >= repeats or pair in done:
             continue
         done.add(pair)
+        logged_parts = line["timed_parts_ms"] if "timed_parts_ms" in line else line["method_ms"]
         for kind, values in line["steps_ms"].items():
             steps[pair[1]].setdefault(kind, []).extend(values)
-            method[pair[1]].setdefault(kind, []).extend(line["method_ms"][kind])
+            parts[pair[1]].setdefault(kind, []).extend(logged_parts[kind])
             solves[pair[1]].setdefault(kind, []).extend(line.get("propagation_ms", {}).get(kind, [0.0] * len(values)))
     return done
 
@@ -248,10 +266,11 @@ def block_times(
 ) -> dict[int, float]:
     """Median ms of one transformer block (timm's own, fused attention) on ``[1, S, C]`` for each length S.
 
-    Lengths are interleaved round-robin. ``block_slowdown`` in the rows is the time per multiply-add of one
-    block at the pruned length over that at the dense length: 1.0 means the block's time follows its MACs;
-    above 1, short sequences lose that factor of the FLOP ratio to fixed per-op costs and small GEMMs, before
-    any pruning overhead.
+    Lengths are interleaved round-robin. ``block_efficiency`` in the rows is one block's multiply-adds per ms at
+    the pruned length over that at the dense length (the dense time per multiply-add over the pruned one):
+    efficiency 1.0 means a block's time follows its MACs; below 1, short sequences lose that share of the FLOP
+    ratio (0.6: a 4 x FLOP cut runs 2.4 x faster) to fixed per-op costs and small GEMMs, before any pruning
+    overhead. None where a block cannot run on a bare token sequence (windowed blocks).
     """
     inputs = {s: torch.randn(1, s, dim, device=device) for s in lengths}
     times: dict[int, list[float]] = {s: [] for s in lengths}
@@ -273,7 +292,41 @@ def block_macs(block: torch.nn.Module, length: int) -> int:
     return length * linear + 2 * length * length * block.norm1.normalized_shape[0]
 
 
-def _rows(loaded, entries, steps, method, solves, throughput, repeats, frames, sample, batch, base) -> list[dict]:
+REFERENCES = ("grid", "random")  # what method_ms is measured against, in order of preference
+
+
+def comparison_columns(rows: list[dict]) -> list[dict]:
+    """Per row, the wall-clock columns that compare policies at one budget, from per-row medians.
+
+    ``rows``: one dict per timed row, ``policy``, ``keep`` (the budget; None for dense and timm rows) and
+    ``pruned_ms``, the median pruned-frame step in ms (None where the row timed no pruned frame). Returned, in the
+    same order:
+
+    - ``method_ms``: ``pruned_ms`` minus that of the ``grid`` row at the same ``keep`` (``random`` where no grid
+      row has it): what the policy's own work adds to the same pruned model's frame, in wall-clock; None for a
+      row without pruned frames or without a reference at its budget (a reference row's own value is 0);
+    - ``method_pct``: ``100 * method_ms / pruned_ms``;
+    - ``speedup_vs_random``: the same-budget ``random`` row's ``pruned_ms`` over this row's (None without one).
+
+    E.g. rgtp 20 ms, grid 16 ms, random 17 ms at one keep: rgtp's method_ms 4, method_pct 20, speedup_vs_random
+    0.85.
+    """
+    ms = {(r["policy"], r["keep"]): r["pruned_ms"] for r in rows if r["keep"] is not None and r["pruned_ms"]}
+    out = []
+    for row in rows:
+        median = row["pruned_ms"] if row["keep"] is not None else None
+        reference = next((ms[(p, row["keep"])] for p in REFERENCES if (p, row["keep"]) in ms), None)
+        random_ms = ms.get(("random", row["keep"]))
+        method_ms = median - reference if median and reference is not None else None
+        out.append({
+            "method_ms": round(method_ms, 3) if method_ms is not None else None,
+            "method_pct": round(100 * method_ms / median, 2) if method_ms is not None else None,
+            "speedup_vs_random": round(random_ms / median, 3) if median and random_ms is not None else None,
+        })
+    return out
+
+
+def _rows(loaded, entries, steps, parts, solves, throughput, repeats, frames, sample, batch, base) -> list[dict]:
     costs = {e.name: frame_costs(e.engine, sample) for e in entries if e.engine is not None}
     dense_ms = statistics.median(steps["tokbench dense"][FULL])
     dense_gmacs = costs["tokbench dense"][FULL].gmacs
@@ -282,19 +335,24 @@ def _rows(loaded, entries, steps, method, solves, throughput, repeats, frames, s
     prefix, patches = vit.num_prefix, loaded.backbone.patch_embed.num_patches
     lengths = {prefix + patches} | {prefix + c[PRUNED].kept_tokens for c in costs.values() if PRUNED in c}
     block = loaded.backbone.blocks[len(loaded.backbone.blocks) // 2]
-    slowdown = {}
+    efficiency = {}
     if not vit.needs_all_keys:  # a windowed block cannot run on a bare token sequence
         block_ms = block_times(block, vit.embed_dim, sorted(lengths), sample.device)
         dense_ms_per_mac = block_ms[prefix + patches] / block_macs(block, prefix + patches)
-        slowdown = {s: round(block_ms[s] / block_macs(block, s) / dense_ms_per_mac, 3) for s in lengths}
+        efficiency = {s: round(dense_ms_per_mac * block_macs(block, s) / block_ms[s], 3) for s in lengths}
+    kinds = {e.name: PRUNED if PRUNED in steps[e.name] else FULL for e in entries}
+    medians = {e.name: statistics.median(steps[e.name][kinds[e.name]]) for e in entries}
+    compared = comparison_columns([{"policy": e.policy, "keep": e.keep,
+                                    "pruned_ms": medians[e.name] if kinds[e.name] == PRUNED else None}
+                                   for e in entries])
     rows = []
-    for entry in entries:
-        kind = PRUNED if PRUNED in steps[entry.name] else FULL
+    for entry, comparison in zip(entries, compared, strict=True):
+        kind = kinds[entry.name]
         times = steps[entry.name][kind]
-        median = statistics.median(times)
+        median = medians[entry.name]
         q1, q3 = _quartiles(times)
         cost = costs.get(entry.name, {}).get(kind)
-        method_ms = statistics.median(method[entry.name][kind])
+        parts_ms = statistics.median(parts[entry.name][kind])
         propagation_ms = statistics.median(solves[entry.name][kind])
         keep = cost.kept_tokens if cost else patches
         row = {
@@ -309,11 +367,12 @@ def _rows(loaded, entries, steps, method, solves, throughput, repeats, frames, s
             "gmacs_timed_frame": round(cost.gmacs, 5) if cost else round(dense_gmacs, 5),
             "gmacs_ratio_vs_dense": round(dense_gmacs / cost.gmacs, 3) if cost else 1.0,
             "speedup_over_gmacs_ratio": round((dense_ms / median) / (dense_gmacs / cost.gmacs), 3) if cost else None,
+            **comparison,  # method_ms, method_pct, speedup_vs_random: against grid / random at the same keep
             "vs_timm": round(timm_ms / median, 3),
-            "block_slowdown": slowdown.get(prefix + keep),
-            "overhead_ms": round(method_ms, 3),
-            "overhead_pct": round(100 * method_ms / median, 2),
-            "propagation_ms": round(propagation_ms, 3),  # part of overhead_ms: a drop schedule's solves
+            "block_efficiency": efficiency.get(prefix + keep),
+            "timed_parts_ms": round(parts_ms, 3),  # the engine's own timers: scoring, tracking, selection, rollout
+            "timed_parts_pct": round(100 * parts_ms / median, 2),
+            "propagation_ms": round(propagation_ms, 3),  # part of timed_parts_ms: a drop schedule's solves
             f"throughput_fps_batch{batch}": round(throughput[entry.name], 1),
             "repeats": repeats,
             "frames_per_clip": frames,

@@ -419,7 +419,8 @@ def bench(
     pretrained: PretrainedOption = False,
     img_size: Annotated[int | None, typer.Option(min=16, help="Input size of a timm model.")] = None,
     keep: Annotated[list[float] | None, typer.Option(help="Keep ratio in (0, 1], or a token count (> 1).")] = None,
-    policy: Annotated[list[str] | None, typer.Option(help="Policies to time (default: rgtp grid).")] = None,
+    policy: Annotated[list[str] | None, typer.Option(
+        help="Policies to time (default: rgtp grid; method_ms is measured against grid, else random).")] = None,
     window: Annotated[int | None, typer.Option(min=0, help="Tracking window r (default 1).")] = None,
     reset: Annotated[int | None, typer.Option(min=0, help="Reset interval k (0 = never; default 8).")] = None,
     preset: Annotated[str, typer.Option(help="default | reference | robust")] = "default",
@@ -439,7 +440,9 @@ def bench(
         help="Also write rows.csv and meta.json here, and timings.jsonl as clips are timed (a rerun resumes).")] = None,
 ) -> None:
     """Wall-clock: streaming batch-1 latency (median, IQR), throughput, speed-up next to the GMACs ratio,
-    and the method's overhead, for dense and each policy at each budget."""
+    each block's efficiency at its length, the method's own cost (method_ms: its pruned step minus grid's, else
+    random's, at the same budget), the speed-up over random, and the engine's own timed parts, for dense and each
+    policy at each budget."""
     import torch
 
     from tokbench.bench import run_bench
@@ -493,7 +496,8 @@ def bench(
     title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}, batch 1 streaming on {device} "
              f"({torch.get_num_threads()} threads) on {data or 'a synthetic pan'}; medians over {repeats} clips x "
              f"{steps} steps; "
-             "speed-up and GMACs ratio (fvcore) of the timed frame kind vs tokbench dense")
+             "speed-up and GMACs ratio (fvcore) of the timed frame kind vs tokbench dense; method_ms: the pruned "
+             "step minus grid's (else random's) at the same keep")
     _print_rows(rows, fmt, title)
 
 

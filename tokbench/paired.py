@@ -13,8 +13,17 @@ BUDGET = ("keep_ratio", "reset_every", "sampling")  # what "the same budget and 
 
 
 def setting(row: dict) -> str:
-    """A short name: ``rgtp r=1`` (a policy that tracks names its window), ``grid``, ``random`` (seeds pooled)."""
-    return f"{row['policy']} r={row['window']}" if policy(row["policy"]).rollout else str(row["policy"])
+    """A short name: ``rgtp r=1`` (a policy that tracks names its window, and a drop schedule and propagation
+    where set: ``rgtp r=1 drop=0:336,3:40 prop=supplement``), ``grid``, ``random`` (seeds pooled)."""
+    if not policy(row["policy"]).rollout:
+        return str(row["policy"])
+    name = f"{row['policy']} r={row['window']}"
+    schedule, propagation = row.get("drop_schedule"), row.get("propagation")
+    if isinstance(schedule, str) and schedule:  # NaN when read back from CSV empty
+        name += f" drop={schedule}"
+    if isinstance(propagation, str) and propagation != "none":
+        name += f" prop={propagation}"
+    return name
 
 
 def paired_rows(rows: list[dict], samples: dict[str, dict[str, np.ndarray]], level: float = 0.95) -> list[dict]:

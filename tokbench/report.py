@@ -16,9 +16,12 @@ from tokbench.policies import POLICIES
 
 METRICS = ("map50", "top1", "map50_vs_dense", "top1_agreement", "cosine_pooled")
 MOTION = ("slow", "medium", "fast")  # FGFA motion-IoU categories: map50_slow, map50_medium, map50_fast
-KNOBS = ("window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio")
+KNOBS = ("window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio",
+         "drop_schedule", "propagation")
 KNOB_NAMES = {"window": "r", "keep_ratio": "keep", "reset_every": "k", "head_fusion": "fusion",
-              "similarity": "sim", "fg_ratio": "phi", "bg_ratio": "beta"}
+              "similarity": "sim", "fg_ratio": "phi", "bg_ratio": "beta", "drop_schedule": "drop",
+              "propagation": "prop"}
+RGTP_ONLY = ("window", "head_fusion", "similarity", "drop_schedule", "propagation")
 POLICY_ORDER = tuple(sorted(POLICIES, key=lambda name: POLICIES[name].prunes))  # the unpruned reference first
 METRIC_NOTES = {
     "map50": "COCO-style mAP at IoU 0.5 against the labels, percent (equals torchmetrics' map_50; [low, high]: "
@@ -66,17 +69,19 @@ def varying_knobs(rows: pd.DataFrame) -> list[str]:
     """Knobs taking more than one value among the RGTP rows (or among all pruned rows if there is no RGTP)."""
     pruned = rows[rows["policy"] == "rgtp"]
     pruned = pruned if len(pruned) else rows[rows["policy"] != "dense"]
-    return [k for k in KNOBS if k in pruned and pruned[k].nunique(dropna=True) > 1]
+    return [k for k in KNOBS if k in pruned and pruned[k].nunique(dropna=False) > 1]
 
 
 def _fmt(value) -> str:
+    if value != value or value == "":  # an empty drop schedule reads back from CSV as NaN: one-shot pruning
+        return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def with_settings(rows: pd.DataFrame) -> pd.DataFrame:
     """Add ``setting`` (a readable name) and ``order`` columns."""
     knobs = varying_knobs(rows)
-    rgtp_knobs = [k for k in knobs if k not in ("window", "head_fusion", "similarity")]
+    rgtp_knobs = [k for k in knobs if k not in RGTP_ONLY]
 
     def name(row) -> str:
         if row["policy"] == "dense":
@@ -378,22 +383,25 @@ def _label_points(ax, labels: list[tuple[str, float, float, str]]) -> None:
 
 
 def ablation_plot(folder: Path, path: Path, metric: str | None = None) -> None:
-    """``ablation.png``: the first ablated knob (the window by default), or the Pareto plot without one."""
+    """``ablation.png``: the metric against the ablated knob (the window by default) where exactly one numeric knob
+    varies, else the Pareto plot (every setting labelled)."""
     rows = load_rows(folder)
     knobs = varying_knobs(rows)
-    if knobs:
+    if len(knobs) == 1 and pd.api.types.is_numeric_dtype(rows[knobs[0]]):
         knob_plot(rows, knobs[0], path, metric)
     else:
         pareto_plot(rows, path, metric)
 
 
 BENCH_COLUMNS = ("name", "keep_tokens", "frame_kind", "step_ms_median", "step_ms_iqr", "speedup_vs_dense",
-                 "gmacs_ratio_vs_dense", "speedup_over_gmacs_ratio", "overhead_ms", "overhead_pct", "vs_timm")
+                 "gmacs_ratio_vs_dense", "speedup_over_gmacs_ratio", "block_efficiency", "method_ms", "method_pct",
+                 "speedup_vs_random", "timed_parts_ms", "timed_parts_pct", "vs_timm")
 
 
 def bench_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """``tokbench bench`` rows as a table: per timed variant, its median step, speed-up next to the GMACs ratio and
-    the method's own time."""
+    """``tokbench bench`` rows as a table: per timed variant, its median step, speed-up next to the GMACs ratio, one
+    block's efficiency at its length, the method's wall-clock cost against grid (or random) at the same budget,
+    the speed-up over random, and the engine's own timed parts (``tokbench.bench`` says what each measures)."""
     return rows[[c for c in BENCH_COLUMNS if c in rows]]
 
 
@@ -401,6 +409,9 @@ def bench_lines(meta: dict) -> list[str]:
     """What a wall-clock table measured, on what."""
     return [f"- batch-1 streaming latency, medians over {meta.get('repeats')} clips x {meta.get('frames')} steps; "
             f"speed-up and GMACs ratio (fvcore) of the timed frame kind against tokbench dense",
+            "- method_ms: the pruned step minus that of grid (else random) at the same keep, the policy's own work "
+            "in wall-clock; timed_parts_ms: the engine's own timers (scoring, tracking, selection, rollout); "
+            "block_efficiency: one block's MACs per ms at the pruned length over the dense length",
             f"- {meta.get('device')}, {meta.get('threads')} threads; torch {meta.get('torch_version')}, timm "
             f"{meta.get('timm_version')}; tokbench {meta.get('tokbench_version')} ({meta.get('git_hash')})"]
 
@@ -428,8 +439,8 @@ def write_report(folders: list[Path], out: Path) -> Path:
         pareto = out / f"pareto_{i}.png"
         pareto_plot(rows, pareto, metric)
         sections += [f"![GMACs vs {metric}]({pareto.name})", ""]
-        for knob in varying_knobs(rows):
-            plot = out / f"{knob}_{i}.png"
+        for knob in [k for k in varying_knobs(rows) if pd.api.types.is_numeric_dtype(rows[k])]:  # the Pareto
+            plot = out / f"{knob}_{i}.png"  # plot above labels every setting of a categorical knob
             knob_plot(rows, knob, plot, metric)
             sections += [f"![{metric} vs {knob}]({plot.name})", ""]
     path = out / "report.md"
