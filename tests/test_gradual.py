@@ -207,3 +207,28 @@ def test_extremes_n_minus_one_and_background_samples():
     bg = StreamingEngine(model, MethodConfig(keep_ratio=0.25, bg_ratio=0.25, drop_schedule="0:9", reset_every=0),
                          ClassificationTask())
     assert [r.num_kept for r in bg.run_clip(clip)] == [16, 7, 7]
+
+
+# -- result folders from before the schedule options keep resuming ------------------------------------------------
+
+
+def test_one_shot_rows_keep_the_config_ids_they_had_before_the_schedule_options():
+    """A configuration without a schedule is named as before ``drop_schedule`` / ``propagation`` existed: the ids
+    of the committed ``results/action`` rows (written by the previous version) are what ``resolve`` gives now."""
+    import csv
+    from pathlib import Path
+
+    from tokbench.ablate import AblationSpec, expand
+    from tokbench.experiment import row_columns
+    from tokbench.jobs import resolve
+    from tokbench.models.zoo import load_model
+
+    committed = list(csv.DictReader((Path(__file__).parents[1] / "results/action/rows.csv").open()))
+    assert "drop_schedule" not in committed[0]  # written before the option existed
+    loaded = load_model("synthaction-vivit")
+    spec = AblationSpec(task="action", clips=int(committed[0]["clips"]),
+                        knobs={"window": [0, 1, 2, 3], "keep_ratio": [0.25]})
+    jobs = [resolve(loaded, c, 1, row_columns(loaded, spec)) for c in expand(spec, loaded.kind)]
+    assert {j.config_id for j in jobs} == {r["config_id"] for r in committed}
+    scheduled = resolve(loaded, MethodConfig(drop_schedule="0:40,2:10"), 1, row_columns(loaded, spec))
+    assert scheduled.identity["drop_schedule"] == "0:40,2:10" and scheduled.identity["propagation"] == "none"
