@@ -231,4 +231,7 @@ def test_one_shot_rows_keep_the_config_ids_they_had_before_the_schedule_options(
     jobs = [resolve(loaded, c, 1, row_columns(loaded, spec)) for c in expand(spec, loaded.kind)]
     assert {j.config_id for j in jobs} == {r["config_id"] for r in committed}
     scheduled = resolve(loaded, MethodConfig(drop_schedule="0:40,2:10"), 1, row_columns(loaded, spec))
-    assert scheduled.identity["drop_schedule"] == "0:40,2:10" and scheduled.identity["propagation"] == "none"
+    assert scheduled.identity["drop_schedule"] == "0:40,2:10" and "propagation" not in scheduled.identity
+    solved = resolve(loaded, MethodConfig(drop_schedule="0:40,2:10", propagation="supplement"), 1,
+                     row_columns(loaded, spec))
+    assert solved.identity["propagation"] == "supplement" and solved.config_id != scheduled.config_id
