@@ -8,7 +8,8 @@ from test_windowed import _tiny_sam
 from tokbench.config import MethodConfig, parse_set
 from tokbench.engine import StreamingEngine
 from tokbench.errors import ConfigError
-from tokbench.gradual import first_drop, later_drop, parse_schedule, propagate_step, solve_macs, transition
+from tokbench.gradual import first_drop, later_drop, propagate_step, transition
+from tokbench.schedule import parse_schedule, solve_macs
 from tokbench.tasks import ClassificationTask, FeatureTask
 
 # -- parsing --------------------------------------------------------------------------------------------------------

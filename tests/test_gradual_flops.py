@@ -12,8 +12,8 @@ from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError
 from tokbench.flops_ref import ViTArch, backbone_macs, block_counts, ref_frame_gmacs, rollout_macs
 from tokbench.frame_flops import frame_costs
-from tokbench.gradual import block_tokens, solve_macs
 from tokbench.models.zoo import LoadedModel
+from tokbench.schedule import block_tokens, solve_macs
 
 timm = pytest.importorskip("timm")
 

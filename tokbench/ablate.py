@@ -13,7 +13,6 @@ from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError, DataError
 from tokbench.experiment import DEFAULT_MODEL, experiment_of, open_data, row_columns, training_note
 from tokbench.flop_table import keep_ratio
-from tokbench.gradual import parse_schedule
 from tokbench.jobs import resolve
 from tokbench.models.zoo import load_model
 from tokbench.paired import failed, paired_rows, setting
@@ -22,6 +21,7 @@ from tokbench.policies import POLICIES, policy
 from tokbench.records import RecordWriter, finished_pairs, job_records, records_path
 from tokbench.results import append_row, check_experiment, finished_ids, prepare_out_dir, provenance, write_meta
 from tokbench.rows import RESAMPLES, build_row, complete, summarise
+from tokbench.schedule import parse_schedule
 
 GRID_KNOBS = ("policy", "window", "keep_ratio", "reset_every", "head_fusion", "similarity", "fg_ratio", "bg_ratio",
               "drop_schedule", "propagation")

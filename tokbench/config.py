@@ -7,9 +7,9 @@ import typing
 from dataclasses import dataclass
 
 from tokbench.errors import ConfigError, unknown_name
-from tokbench.gradual import PROPAGATIONS, format_schedule, parse_schedule
 from tokbench.policies import POLICIES, policy
 from tokbench.rollout import HEAD_FUSIONS
+from tokbench.schedule import PROPAGATIONS, format_schedule, parse_schedule
 from tokbench.selection import ORDERS, RESET_PATTERNS, TIE_BREAKS, check_ratios
 from tokbench.tracking import BOUNDS, FEATURES, SIMILARITIES
 

@@ -19,7 +19,7 @@ from torch import nn
 from tokbench.adapters import adapter_for
 from tokbench.config import MethodConfig
 from tokbench.errors import ConfigError
-from tokbench.gradual import block_tokens, first_drop, later_drop, propagate_step, transition
+from tokbench.gradual import first_drop, later_drop, propagate_step, transition
 from tokbench.policies import Cut, Need, policy
 from tokbench.rollout import (
     block_matrices,
@@ -32,6 +32,7 @@ from tokbench.rollout import (
     shrinking_rollout,
     unpool_scores,
 )
+from tokbench.schedule import block_tokens
 from tokbench.selection import kept_count, reset_pattern_indices, rollout_keep_indices
 from tokbench.tracking import track_scores
 from tokbench.vit import ViTAdapter

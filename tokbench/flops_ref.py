@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tokbench.errors import ConfigError
+from tokbench.schedule import block_tokens
 
 GIGA = 1e9
 
@@ -277,26 +278,19 @@ def block_counts(arch: ViTArch, kept: int | None = None, schedule: Schedule = ()
     Dense (kept None, no schedule): ``(N, N)`` everywhere. One cut inside block 0 keeping ``kept`` = n: ``(N, n)``,
     then ``(n, n)``. A drop schedule ``((0, c_1), (b_2, c_2), ...)`` (§7.1): block 0 keeps N − c_1 and each later
     scheduled block b_j drops c_j after its attention + residual; ``kept``, if given, must be N − c_1. The second
-    entries are what ``tokbench.gradual.block_tokens`` gives (this module stays free of torch).
+    entries are ``tokbench.schedule.block_tokens``.
     """
     n = arch.num_patches
     if not schedule:
         after = n if kept is None else kept
         return [(n, after)] + [(after, after)] * (arch.depth - 1)
-    drops = dict(schedule)
-    if min(drops) != 0:
+    if min(b for b, _ in schedule) != 0:
         raise ConfigError(f"the reference convention cuts inside block 0: a drop_schedule must start at block 0, "
-                          f"not {min(drops)}")
-    if max(drops) >= arch.depth or min(drops.values()) < 1 or sum(drops.values()) >= n:
-        raise ConfigError(f"drop_schedule {sorted(drops.items())} does not fit {arch.depth} blocks of {n} patches "
-                          "(blocks below the depth, counts >= 1, at least one patch left)")
-    if kept is not None and kept != n - drops[0]:
-        raise ConfigError(f"keep_tokens {kept} disagrees with the drop_schedule, whose block 0 keeps {n - drops[0]}")
-    out, current = [], n
-    for block in range(arch.depth):
-        out.append((current, current - drops.get(block, 0)))
-        current = out[-1][1]
-    return out
+                          f"not {min(b for b, _ in schedule)}")
+    after = block_tokens(n, arch.depth, tuple(sorted(schedule)))
+    if kept is not None and kept != after[0]:
+        raise ConfigError(f"keep_tokens {kept} disagrees with the drop_schedule, whose block 0 keeps {after[0]}")
+    return list(zip([n] + after[:-1], after, strict=True))
 
 
 def backbone_macs(

@@ -23,7 +23,7 @@ import torch
 from tokbench.engine import FULL, PRUNED, RESET, StreamingEngine
 from tokbench.flops import count_gmacs
 from tokbench.flops_ref import GIGA, fills_nearest_kept
-from tokbench.gradual import block_tokens, solve_macs
+from tokbench.schedule import block_tokens, solve_macs
 from tokbench.tracking import tracking_macs
 
 

@@ -4,7 +4,8 @@ A drop schedule ``"0:300,3:50"`` drops 300 patch tokens at block 0's cut and 50 
 scheduled block prunes after its attention + residual. The first drop ranks every patch by the tracked score with
 the one-shot keep set forced on top (score 10); later drops remove the lowest-ranked survivors: last in that order
 (``propagation=none``), or lowest by the score propagated through the blocks in between (``supplement``,
-``reference``). Pure functions; shapes: B samples, N patches, n tokens in the sequence (prefix excluded).
+``reference``). Pure functions; shapes: B samples, N patches, n tokens in the sequence (prefix excluded). The
+schedule's arithmetic without tensors (parsing, tokens per block, solve cost) is in ``tokbench.schedule``.
 """
 
 from __future__ import annotations
@@ -13,58 +14,9 @@ import torch
 
 from tokbench.errors import ConfigError
 from tokbench.rollout import block_matrices, fuse_heads, gather_tokens, sum_normalize
+from tokbench.schedule import PROPAGATIONS
 
-PROPAGATIONS = ("none", "supplement", "reference")
 FORCE_KEEP_SCORE = 10.0  # above any sum-normalised score (docs/method.md 7.1)
-
-
-def parse_schedule(text: str) -> tuple[tuple[int, int], ...]:
-    """``"BLOCK:COUNT[,BLOCK:COUNT...]"`` -> ``((block, count), ...)`` in block order; ``""`` or ``none`` -> ``()``.
-
-    Blocks must be distinct and >= 0, counts >= 1. Raises a one-line ``ConfigError`` otherwise.
-    """
-    text = text.strip()
-    if not text or text.lower() == "none":
-        return ()
-    pairs = []
-    for item in text.split(","):
-        block, sep, count = item.strip().partition(":")
-        try:
-            pair = (int(block), int(count))
-        except ValueError:
-            pair = None
-        if not sep or pair is None:
-            raise ConfigError(f"drop_schedule expects BLOCK:COUNT[,BLOCK:COUNT...] (e.g. 0:300,3:50), got {text!r}")
-        if pair[0] < 0 or pair[1] < 1:
-            raise ConfigError(f"drop_schedule {item.strip()!r}: blocks must be >= 0 and counts >= 1")
-        pairs.append(pair)
-    blocks = [b for b, _ in pairs]
-    if len(set(blocks)) != len(blocks):
-        raise ConfigError(f"drop_schedule {text!r} names a block twice")
-    return tuple(sorted(pairs))
-
-
-def format_schedule(schedule: tuple[tuple[int, int], ...]) -> str:
-    """The canonical spelling: ``((3, 50), (0, 300))`` -> ``"0:300,3:50"``."""
-    return ",".join(f"{b}:{c}" for b, c in sorted(schedule))
-
-
-def block_tokens(num_patches: int, depth: int, schedule: tuple[tuple[int, int], ...]) -> list[int]:
-    """Patch tokens each block's MLP sees on a pruned frame: ``N`` up to the first drop, then ``N`` minus every
-    count dropped at or before the block. Raises ``ConfigError`` if a block is past the model or no patch is left."""
-    dropped = 0
-    drops = dict(schedule)
-    if schedule and max(drops) >= depth:
-        raise ConfigError(f"drop_schedule block {max(drops)} must be below the model's depth {depth}")
-    if sum(drops.values()) >= num_patches:
-        raise ConfigError(f"drop_schedule drops {sum(drops.values())} of {num_patches} patch tokens; "
-                          "at least one must stay")
-    out = []
-    for block in range(depth):
-        dropped += drops.get(block, 0)
-        out.append(num_patches - dropped)
-    return out
-
 
 def first_drop(
     scores: torch.Tensor, force: torch.Tensor, count: int, tie_break: str = "raster"
@@ -133,8 +85,3 @@ def propagate_step(mat: torch.Tensor, scores: torch.Tensor, form: str) -> tuple[
         solved = sum_normalize(solved)
     out = torch.where(bad[:, None], scores.to(torch.float64), solved)
     return out, int(bad.sum())
-
-
-def solve_macs(n: int) -> int:
-    """MACs of one dense ``n x n`` solve: LU factorisation ``n^3 / 3`` plus the two triangular solves ``n^2``."""
-    return n**3 // 3 + n**2
