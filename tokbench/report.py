@@ -363,13 +363,17 @@ def _label_points(ax, labels: list[tuple[str, float, float, str]]) -> None:
     """Name each point to its right, labels of points at the same cost spread vertically so none overlap."""
     low, high = ax.get_ylim()
     gap = 0.045 * (high - low)
-    xs = [x for _, x, _, _ in labels]
-    width = 0.03 * ((max(xs) - min(xs)) or 1.0) if xs else 1.0  # points closer than this share a column
+    xs = sorted(x for _, x, _, _ in labels)
+    width = 0.15 * ((xs[-1] - xs[0]) or 1.0) if xs else 1.0  # a label runs this far right: closer points share
+    starts: list[float] = []  # a column, grown greedily from its leftmost point
+    for x in xs:
+        if not starts or x - starts[-1] > width:
+            starts.append(x)
 
     def column_of(x: float) -> int:
-        return round((x - min(xs)) / width)
+        return max(i for i, start in enumerate(starts) if x >= start)
 
-    for col in {column_of(x) for x in xs}:
+    for col in range(len(starts)):
         column = sorted((item for item in labels if column_of(item[1]) == col), key=lambda item: item[2])
         placed: list[float] = []
         for name, x, y, color in column:
