@@ -17,7 +17,7 @@ from tokbench.pipeline import stream
 from tokbench.policies import POLICIES
 from tokbench.tasks import ClassificationTask
 
-TIMING = {"wall_s", "step_ms", "clip_batch", "traceback"}
+TIMING = {"wall_s", "step_ms", "clip_batch", "traceback", "reused"}  # bookkeeping, not results
 
 
 def _clips(num: int, frames: int = 5, size: int = 64, lengths: dict[int, int] | None = None) -> list[Clip]:

@@ -76,6 +76,7 @@ class ClipState:
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> fused attention rows [B, N', N']
     output: torch.Tensor | None = None  # last computed output of every position [B, N', C]
     memory: torch.Tensor | None = None  # the policy's own state (eventful: reference embeddings; boxmask: boxes)
+    grid: tuple[int, int] | None = None  # the last frame's token grid
     rngs: tuple[torch.Generator, ...] = ()  # random: one generator per sample (one shared if made for one clip)
 
 
@@ -96,6 +97,31 @@ class FrameRecord:
     block_tokens: list[int] | None = None  # patch tokens each block's MLP saw (a drop schedule's later drops)
     kept_last: torch.Tensor | None = None  # [B, n_L] patches through the last block, when later drops ran
     singular_solves: int = 0  # propagation solves that were singular (those samples carried their scores on)
+
+
+@dataclass
+class FullFrame:
+    """A full frame's outputs and the buffers it left (``StreamingEngine.snapshot``), for engines that reuse it."""
+
+    predictions: Any
+    heatmap: torch.Tensor | None
+    degenerate: list[bool] | None
+    num_patches: int
+    block_tokens: list[int] | None
+    grid: tuple[int, int]
+    embed: torch.Tensor
+    keys: torch.Tensor | None
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    queries: dict[int, torch.Tensor]
+    rows: dict[int, torch.Tensor]
+    output: torch.Tensor | None
+
+
+# options that steer only pruned (and pattern-reset) frames: a full frame does not depend on them
+_PRUNED_FRAME_OPTIONS = frozenset({
+    "policy", "keep_ratio", "fg_ratio", "bg_ratio", "order", "tie_break", "window", "similarity", "track_bounds",
+    "track_features", "min_gain_pct", "reset_every", "reset_pattern", "preset", "seed",
+})
 
 
 def _seq_index(keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
@@ -181,11 +207,67 @@ class StreamingEngine:
         state = self.new_state(clip)
         return [self.step(frame, state) for frame in frames]
 
+    def kind(self, t: int) -> str:
+        """The kind of frame ``t`` (every frame is full for a policy that does not prune)."""
+        return frame_kind(t, self.resolved.reset_every) if self.prunes else FULL
+
+    def runs_full(self, t: int) -> bool:
+        """Whether frame ``t`` runs every token through every block (a full frame, or a full reset)."""
+        kind = self.kind(t)
+        return kind == FULL or (kind == RESET and self.reset_mode == "full")
+
+    def full_signature(self) -> tuple:
+        """What a full frame's predictions and the state it leaves depend on besides the input: engines with equal
+        signatures compute the same bits on the same batch, so one may reuse another's full frame
+        (``snapshot`` / ``restore``). Options that only steer pruned frames are left out; the policy enters only
+        through whether it needs the rollout (its own memory is rebuilt by ``restore``)."""
+        options = {k: v for k, v in self.resolved.as_dict().items() if k not in _PRUNED_FRAME_OPTIONS}
+        return (id(self.vit.model), type(self.task).__name__, self.rollout, tuple(sorted(options.items())))
+
+    def snapshot(self, state: ClipState, record: FrameRecord, buffers: bool = True) -> FullFrame:
+        """What ``restore`` needs to stand in for the full frame ``step`` just ran into ``state``: the record's
+        outputs and (``buffers``: for an engine that prunes later frames) the buffers, copied where later frames
+        write into them in place."""
+        kv, queries, rows = {}, {}, {}
+        if buffers:
+            kv = {b: (k.clone(), v.clone()) for b, (k, v) in state.kv.items()}
+            queries = {b: q.clone() for b, q in state.queries.items()}
+            rows = {b: r.clone() for b, r in state.rows.items()}
+        return FullFrame(record.predictions, record.heatmap, record.degenerate, record.num_patches,
+                         record.block_tokens, state.grid, state.embed, state.keys, kv, queries, rows,
+                         state.output if buffers else None)
+
+    @torch.inference_mode()
+    def restore(self, frame: FullFrame, state: ClipState, own: bool = False) -> FrameRecord:
+        """Take a full frame another engine with the same ``full_signature`` ran on the same batch, as if this
+        engine had run it at ``t = state.t``: the record, and the state it leaves (``own``: the last user, which
+        may keep the snapshot's buffers instead of copying them)."""
+        copy = (lambda t: t) if own else torch.clone
+        state.kv = {b: (copy(k), copy(v)) for b, (k, v) in frame.kv.items()}
+        state.queries = {b: copy(q) for b, q in frame.queries.items()}
+        state.rows = {b: copy(r) for b, r in frame.rows.items()}
+        state.output = frame.output
+        record = FrameRecord(
+            t=state.t, kind=self.kind(state.t), kept=None, num_kept=frame.num_patches, num_patches=frame.num_patches,
+            predictions=frame.predictions, heatmap=frame.heatmap, degenerate=frame.degenerate,
+            degenerate_heatmaps=sum(frame.degenerate or []), block_tokens=frame.block_tokens,
+        )
+        self._advance(state, record, frame.embed, None, frame.keys, frame.grid)
+        return record
+
+    def _advance(self, state: ClipState, record: FrameRecord, z: torch.Tensor, keep: torch.Tensor | None,
+                 keys: torch.Tensor | None, grid: tuple[int, int]) -> None:
+        """Carry a frame's results to the next: the policy's memory, the heatmap, embeddings and keys, ``t``."""
+        if self.policy.remember is not None:
+            boxes = self.task.box_mask(record.predictions, grid) if Need.BOXES in self.policy.needs else None
+            state.memory = self.policy.remember(state.memory, z, keep, boxes)
+        state.heatmap, state.embed, state.keys, state.grid, state.t = record.heatmap, z, keys, grid, state.t + 1
+
     @torch.inference_mode()
     def step(self, frames: torch.Tensor, state: ClipState) -> FrameRecord:
         """Process frame ``t = state.t`` of every clip in the batch: ``frames [B, 3, H, W]``."""
         vit, cfg = self.vit, self.resolved
-        kind = frame_kind(state.t, cfg.reset_every) if self.prunes else FULL
+        kind = self.kind(state.t)
         z, grid = vit.embed(frames)
         x = vit.tokens(z, grid)
         keep = seq = keys = scores = rank = None  # keys: the cut block's head-averaged patch keys [B, N, Ch]
@@ -204,7 +286,7 @@ class StreamingEngine:
             q, k, v = vit.qkv(blk, x)
             if i == self.cut_block:
                 keys = vit.block0_keys(k)
-            out, probs = self._attend(state, i, q, k, v, seq, keep)
+            out, probs = self._attend(state, i, q, k, v, seq, keep, kind == PRUNED)
             seqs[i] = seq
             if probs is not None and self.rollout:
                 attn[i] = probs
@@ -255,10 +337,7 @@ class StreamingEngine:
                 record.heatmap, record.degenerate = self._heatmap(
                     state, kind, attn, start, seq, first, keys, z, grid, seqs, cuts)
                 record.degenerate_heatmaps = sum(record.degenerate)
-        if self.policy.remember is not None:
-            boxes = self.task.box_mask(predictions, grid) if Need.BOXES in self.policy.needs else None
-            state.memory = self.policy.remember(state.memory, z, keep, boxes)
-        state.heatmap, state.embed, state.keys, state.t = record.heatmap, z, keys, state.t + 1
+        self._advance(state, record, z, keep, keys, grid)
         return record
 
     def _attend(
@@ -270,16 +349,18 @@ class StreamingEngine:
         v: torch.Tensor,
         seq: torch.Tensor | None,
         keep: torch.Tensor | None,
+        selects: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Block ``block``'s attention for the sequence's queries ``q [B, H, S, Ch]`` (``seq [B, S]``, None = all).
 
         With K/V reuse the keys/values come from the block's buffer (all ``N'`` positions); a windowed block with
         ``window_queries=all`` also runs every query of every window on its Q buffer, then keeps the kept rows.
-        Returns the output ``[B, H, S, Ch]`` and, where needed, the probabilities ``[B, H, S, Sk]``.
+        Returns the output ``[B, H, S, Ch]`` and, where needed, the probabilities ``[B, H, S, Sk]`` (a policy that
+        scores by the cut block's attention needs them only on the frames it ``selects`` on).
         """
         vit, blk = self.vit, self.vit.blocks[block]
         need_probs = (self.rollout and vit.is_global(block)) or (
-            block == self.cut_block and Need.PROBS in self.policy.needs
+            selects and block == self.cut_block and Need.PROBS in self.policy.needs
         )
         if self.kv_reuse and (self.cut_block is None or block > self.cut_block):
             k, v = self._reuse_kv(state, block, seq, k, v)

@@ -28,6 +28,7 @@ from tokbench.experiment import DEFAULT_MODEL, open_data, row_columns
 from tokbench.jobs import Job, resolve
 from tokbench.models.zoo import LoadedModel, load_model
 from tokbench.records import detections_to_json
+from tokbench.reuse import SharedFrames
 from tokbench.rows import build_row
 
 Emit = Callable[[dict], None]  # receives each finished record
@@ -134,8 +135,9 @@ def step_indices(num_frames: int, sampling: int, max_frames: int | None, tubelet
 
 
 def frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float, sample: int = 0,
-              clip_batch: int = 1) -> dict:
-    """Sample ``sample``'s per-frame record of one step (JSON-ready); ``step_ms`` its share of the batched step."""
+              clip_batch: int = 1, reused: bool = False) -> dict:
+    """Sample ``sample``'s per-frame record of one step (JSON-ready); ``step_ms`` its share of the batched step
+    (``reused``: a full frame another job ran on the same clips, its time there)."""
     return {
         "clip": clip_id,
         "frame": index,
@@ -148,6 +150,7 @@ def frame_row(clip_id: str, index: int, rec: FrameRecord, step_ms: float, sample
         "kept": None if rec.kept is None else rec.kept[sample].tolist(),
         "step_ms": round(step_ms, 3),
         "clip_batch": clip_batch,
+        "reused": reused,
         "degenerate_heatmap": int(rec.degenerate[sample]) if rec.degenerate else 0,
     }
 
@@ -229,27 +232,37 @@ def _run_batch(loaded, dataset, jobs, engines, batch, pending, failed, emit, max
         groups.setdefault(tuple(clip.frames.shape), []).append(c)
     for members in groups.values():
         todo = {c: pending(c) for c in members}
+        shared = SharedFrames()  # full frames reused across this batch's jobs and samplings
+        plan = []
         for sampling in dict.fromkeys(j.sampling for j in jobs if any(j.config_id in t for t in todo.values())):
-            dense_out: dict[int, object] = {}
-            group = sorted((j for j in jobs if j.sampling == sampling), key=lambda j: not j.dense)
+            # dense first (fidelity), then jobs grouped by whether they share full frames, so each is held briefly
+            group = sorted((j for j in jobs if j.sampling == sampling),
+                           key=lambda j: (not j.dense, engines[j.config_id].rollout))
             needs_dense = {c for c in members if loaded.kind in FIDELITY_IN_MEMORY and any(
                 not j.dense and j.config_id in todo[c] for j in group)}
             for job in group:
                 run = [c for c in members if job.config_id not in failed and (
                     job.config_id in todo[c] or (job.dense and c in needs_dense))]
-                recorded = {c for c in run if job.config_id in todo[c]}
-                for c, (record, outputs) in _run_job(loaded, engines[job.config_id], job, clips, run, recorded,
-                                                     sampling, max_frames, dense_out, progress, strict, device,
-                                                     failed, emit):
-                    if job.dense:
-                        dense_out[c] = outputs
-                    if job.config_id in todo[c]:
-                        emit({"config_id": job.config_id, "clip": c, **record})
+                plan.append((sampling, job, run))
+                _expect(shared, engines[job.config_id], run, clips[members[0]].frames.shape[0], sampling,
+                        max_frames, loaded.tubelet)
+        dense_out: dict[int, dict[int, object]] = {}
+        for sampling, job, run in plan:
+            run = [c for c in run if job.config_id not in failed]
+            recorded = {c for c in run if job.config_id in todo[c]}
+            outs = dense_out.setdefault(sampling, {})
+            for c, (record, outputs) in _run_job(loaded, engines[job.config_id], job, clips, run, recorded,
+                                                 sampling, max_frames, outs, progress, strict, device, failed, emit,
+                                                 shared):
+                if job.dense:
+                    outs[c] = outputs
+                if job.config_id in todo[c]:
+                    emit({"config_id": job.config_id, "clip": c, **record})
     del clips
 
 
 def _run_job(loaded, engine, job, clips, run, recorded, sampling, max_frames, dense_out, progress, strict, device,
-             failed, emit) -> list[tuple[int, tuple[dict, object]]]:
+             failed, emit, shared=None) -> list[tuple[int, tuple[dict, object]]]:
     """One job on the clips ``run`` in one batch: ``[(clip, (record, outputs))]``. A failing batch reruns its
     clips one at a time; the first clip that fails alone ends the job (``failed``) and gets an error record where
     its record is wanted (``recorded``)."""
@@ -260,7 +273,7 @@ def _run_job(loaded, engine, job, clips, run, recorded, sampling, max_frames, de
     try:
         torch.manual_seed(clip_seed(job.config.seed, run[0]))  # nothing draws from it; kept for determinism
         results = run_batch(loaded, engine, [clips[c] for c in run], run, sampling, max_frames,
-                            [dense_out.get(c) for c in run], progress, device)
+                            [dense_out.get(c) for c in run], progress, device, shared)
         return list(zip(run, results, strict=True))
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -275,11 +288,22 @@ def _run_job(loaded, engine, job, clips, run, recorded, sampling, max_frames, de
     out = []
     for c in run:  # the batch failed: find the clip that fails alone
         result = _run_job(loaded, engine, job, clips, [c], recorded, sampling, max_frames, dense_out, progress,
-                          strict, device, failed, emit)
+                          strict, device, failed, emit, shared)
         if not result:
             break
         out += result
     return out
+
+
+def _expect(shared: SharedFrames, engine, run: list[int], num_frames: int, sampling: int, max_frames: int | None,
+            tubelet: int) -> None:
+    """Register ``engine``'s full frames on the clips ``run`` as future users of ``shared``."""
+    if not run:
+        return
+    signature = engine.full_signature()
+    for t, i in enumerate(step_indices(num_frames, sampling, max_frames, tubelet)):
+        if engine.runs_full(t):
+            shared.expect((signature, tuple(run), i), engine.prunes)
 
 
 def _error_record(job: Job, clip: int, err: Exception) -> dict:
@@ -296,13 +320,14 @@ def run_pair(loaded: LoadedModel, engine, clip, index: int, sampling: int, max_f
 
 def run_batch(loaded: LoadedModel, engine, clips: list, indices: list[int], sampling: int, max_frames: int | None,
               dense: list | None = None, progress: Callable[[int], None] | None = None,
-              device: torch.device | str = "cpu") -> list[tuple[dict, object]]:
+              device: torch.device | str = "cpu", shared: SharedFrames | None = None) -> list[tuple[dict, object]]:
     """One job on B clips of equal frame shape in lockstep, with fresh state: ``[(record, outputs)]`` per clip.
 
     ``outputs`` are what fidelity compares (kept in memory only for the dense job of ``FIDELITY_IN_MEMORY``
     kinds), ``dense[b]`` the dense job's on clip b (or None). Steps run on ``device`` (the model's) as one batch
     ``[B, ...]``; a step's time includes waiting for the GPU and is split evenly over the B clips (``step_ms``);
-    ``wall_s`` is the batch's wall time divided by B.
+    ``wall_s`` is the batch's wall time divided by B. With ``shared``, a full frame another job already ran on
+    these clips is reused (bit-identical: same signature, same batch), its ``step_ms`` the time it took there.
     """
     t, b_size = loaded.tubelet, len(clips)
     dense = dense or [None] * b_size
@@ -311,15 +336,24 @@ def run_batch(loaded: LoadedModel, engine, clips: list, indices: list[int], samp
     frames: list[list[dict]] = [[] for _ in clips]
     preds = []
     cuda = torch.device(device).type == "cuda"
+    signature = engine.full_signature() if shared is not None else None
     for i in step_indices(clips[0].frames.shape[0], sampling, max_frames, t):
-        x = torch.cat([loaded.steps(clip.frames[i : i + t], clip.valid_hw) for clip in clips]).to(device)
-        start = time.perf_counter()
-        rec = engine.step(x, state)
-        if cuda:
-            torch.cuda.synchronize(device)
-        step_ms = (time.perf_counter() - start) * 1000 / b_size
+        key = (signature, tuple(indices), i) if shared is not None and engine.runs_full(state.t) else None
+        reused = shared.take(key, engine.prunes) if key else None
+        if reused:
+            rec, step_ms = engine.restore(reused.frame, state, reused.own), reused.ms / b_size
+        else:
+            x = torch.cat([loaded.steps(clip.frames[i : i + t], clip.valid_hw) for clip in clips]).to(device)
+            start = time.perf_counter()
+            rec = engine.step(x, state)
+            if cuda:
+                torch.cuda.synchronize(device)
+            step_ms = (time.perf_counter() - start) * 1000 / b_size
+            wanted, buffers = shared.wanted(key) if key else (False, False)
+            if wanted:
+                shared.put(key, engine.snapshot(state, rec, buffers), step_ms * b_size)
         for b, clip in enumerate(clips):
-            frames[b].append(frame_row(clip.clip_id, i, rec, step_ms, b, b_size))
+            frames[b].append(frame_row(clip.clip_id, i, rec, step_ms, b, b_size, reused is not None))
         preds.append((i, rec.predictions))
         if progress:
             progress(b_size)
