@@ -211,41 +211,82 @@ class DetectionTable:
                    max_detections: int = 100) -> DetectionTable:
         """Match per-clip lists of per-frame ``predictions`` ``{"boxes" [M, 4] xyxy, "scores" [M], "labels"
         [M]}`` to ``targets`` ``{"boxes" [G, 4], "labels" [G], optional "motion_iou" [G]}``: per frame and class
-        the top ``max_detections`` detections, COCO matching at IoU 0.5 (``tokbench.metrics._match``)."""
-        from tokbench.data.motion import SPEEDS, speed_category
+        the top ``max_detections`` detections, COCO matching at IoU 0.5 (``tokbench.metrics._match``).
+
+        Every (frame, class) group is matched at once: the N detections and G boxes of all frames are flattened,
+        IoU is computed for the P (detection, box) pairs of a group, and the greedy matching runs once per
+        detection rank over the groups and categories together. The result equals ``_from_clips_loop`` (the
+        per-frame, per-class loop) exactly, which it falls back to when the frames' dtypes differ or a label is
+        not an integer."""
+        from tokbench.data.motion import SPEEDS, box_iou_pairwise, speed_category
 
         C = len(predictions)
-        targets = [[_numpy(t) for t in clip] for clip in targets]
-        with_motion = all("motion_iou" in t for clip in targets for t in clip)
-        categories = [ALL_BOXES, *(str(s) for s in SPEEDS)] if with_motion else [ALL_BOXES]
-        found: dict[tuple[str, int], dict[str, list]] = {}
-        positives: dict[tuple[str, int], np.ndarray] = {}
+        preds, gts, frame_clip = [], [], []  # per frame, over all clips
         for c, (clip_preds, clip_targets) in enumerate(zip(predictions, targets, strict=True)):
             for pred, gt in zip(clip_preds, clip_targets, strict=True):
-                pred = _numpy(pred)
-                speed = speed_category(gt["motion_iou"]) if with_motion else None
-                is_positive = {cat: np.ones(len(gt["labels"]), bool) if cat == ALL_BOXES else speed == cat
-                               for cat in categories}
-                for label in np.union1d(gt["labels"], pred["labels"]).astype(np.int64):
-                    det = np.flatnonzero(pred["labels"] == label)
-                    det = det[np.argsort(-pred["scores"][det], kind="stable")][:max_detections]
-                    det_boxes, det_scores = pred["boxes"][det].reshape(-1, 4), pred["scores"][det]
-                    of_label = gt["labels"] == label
-                    gt_boxes = gt["boxes"][of_label].reshape(-1, 4)
-                    near = _near(det_boxes, gt_boxes)
-                    for cat in categories:
-                        key, is_pos = (cat, int(label)), is_positive[cat][of_label]
-                        bucket = found.setdefault(key, {"scores": [], "outcome": [], "clip": []})
-                        bucket["scores"].append(det_scores)
-                        bucket["outcome"].append(_match_near(det_boxes, gt_boxes, is_pos, near))
-                        bucket["clip"].append(np.full(len(det), c))
-                        positives.setdefault(key, np.zeros(C))[c] += is_pos.sum()
+                preds.append(_numpy(pred))
+                gts.append(_numpy(gt))
+                frame_clip.append(c)
+        with_motion = all("motion_iou" in t for t in gts)
+        categories = [ALL_BOXES, *(str(s) for s in SPEEDS)] if with_motion else [ALL_BOXES]
+        if not preds:
+            return cls(C, {cat: () for cat in categories})
+        labels = [np.concatenate([f["labels"].ravel() for f in frames]) for frames in (preds, gts)]
+        if (len({p["scores"].dtype for p in preds}) > 1  # the dtypes the loop would compute or concatenate in
+                or any(len({f["boxes"].dtype for f in frames if f["boxes"].size}) > 1 for frames in (preds, gts))
+                or any(lab.dtype.kind not in "biu" and not np.array_equal(lab, lab.astype(np.int64))
+                       for lab in labels)):
+            return _from_clips_loop(predictions, targets, max_detections)
+        det_label, gt_label = (lab.astype(np.int64) for lab in labels)
+        values, label_index = np.unique(np.concatenate([det_label, gt_label]), return_inverse=True)  # [L]
+        F, N = len(preds), len(det_label)
+        frame_clip = np.array(frame_clip, dtype=np.int64)  # [F]
+        # group (class, frame) = class * F + frame: sorting by group puts each class's detections in clip, frame
+        # order, as the loop concatenates them
+        det_group = label_index[:N] * F + np.repeat(np.arange(F), [len(p["labels"]) for p in preds])  # [N]
+        gt_group = label_index[N:] * F + np.repeat(np.arange(F), [len(g["labels"]) for g in gts])  # [G]
+        det_scores = np.concatenate([p["scores"].ravel() for p in preds])
+        det_boxes = _concat_boxes([p["boxes"] for p in preds])  # [N, 4]
+        gt_boxes = _concat_boxes([g["boxes"] for g in gts])  # [G, 4]
+        is_pos = np.ones((len(categories), len(gt_group)), dtype=bool)  # [K, G]
+        if with_motion:
+            speed = speed_category(np.concatenate([np.asarray(g["motion_iou"], np.float64).ravel() for g in gts]))
+            is_pos[1:] = speed[None, :] == np.array(categories[1:])[:, None]
+        # per group in descending score (stable: ties keep their order in the frame), the top max_detections
+        order = np.argsort(-det_scores, kind="stable")
+        order = order[np.argsort(det_group[order], kind="stable")]
+        group_start = np.flatnonzero(np.diff(det_group[order], prepend=-1))
+        group_size = np.diff(group_start, append=N)
+        rank = np.arange(N) - np.repeat(group_start, group_size)  # [N] within the group
+        limit = max_detections if max_detections >= 0 else np.repeat(group_size, group_size) + max_detections
+        kept = rank < limit  # as [:max_detections]
+        order, rank = order[kept], rank[kept]
+        det_group, det_scores, det_boxes = det_group[order], det_scores[order], det_boxes[order]
+        gt_order = np.argsort(gt_group, kind="stable")
+        gt_group, gt_boxes, is_pos = gt_group[gt_order], gt_boxes[gt_order], is_pos[:, gt_order]
+        # the P (detection, box) pairs of each group, in detection then box order; only those at IoU >= 0.5 count
+        low = np.searchsorted(gt_group, det_group, side="left")
+        reps = np.searchsorted(gt_group, det_group, side="right") - low  # [N'] boxes in the detection's group
+        pair_det = np.repeat(np.arange(len(det_group)), reps)  # [P]
+        pair_gt = np.repeat(low - np.cumsum(reps) + reps, reps) + np.arange(len(pair_det))
+        iou = box_iou_pairwise(det_boxes[pair_det], gt_boxes[pair_gt]) if len(pair_det) else np.zeros(0)
+        near = np.flatnonzero(iou >= 0.5)
+        near = near[np.argsort(rank[pair_det[near]], kind="stable")]  # by rank, then detection, then box
+        pair_det, pair_gt, iou = pair_det[near], pair_gt[near], iou[near]
+        outcome = _greedy_match(rank[pair_det], pair_det, pair_gt, iou, is_pos, len(det_group))  # [K, N']
+        # per class and category: scores, outcomes and clips in clip, frame, rank order; positives per clip
+        det_label, det_clip = det_group // F, frame_clip[det_group % F]
+        bounds = np.searchsorted(det_label, np.arange(len(values) + 1))
+        positives = np.stack([np.bincount((gt_group // F) * C + frame_clip[gt_group % F], weights=pos,
+                                          minlength=len(values) * C) for pos in is_pos.astype(np.float64)])
+        positives = positives.reshape(len(categories), len(values), C)  # [K, L, C]
         curves = {
             cat: tuple(
-                ClassCurve.from_detections(*(np.concatenate(found[key][f]) for f in ("scores", "outcome", "clip")),
-                                           positives[key])
-                for key in sorted(k for k in found if k[0] == cat) if positives[key].any())
-            for cat in categories
+                ClassCurve.from_detections(det_scores[bounds[lab] : bounds[lab + 1]],
+                                           outcome[k, bounds[lab] : bounds[lab + 1]],
+                                           det_clip[bounds[lab] : bounds[lab + 1]], positives[k, lab].copy())
+                for lab in range(len(values)) if positives[k, lab].any())
+            for k, cat in enumerate(categories)
         }
         return cls(C, curves)
 
@@ -269,6 +310,83 @@ class DetectionTable:
     def map50_by_motion(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """``{"slow": [R], "medium": [R], "fast": [R]}``: mAP50 in percent of each FGFA speed per resample."""
         return {cat: self.map50(weights, cat) for cat in self.curves if cat != ALL_BOXES}
+
+
+def _from_clips_loop(predictions: Sequence[Sequence[dict]], targets: Sequence[Sequence[dict]],
+                     max_detections: int = 100) -> DetectionTable:
+    """``DetectionTable.from_clips`` one frame and class at a time (``tokbench.metrics._match`` per group): the
+    reference the vectorised matching equals, and its fallback for frames of different dtypes."""
+    from tokbench.data.motion import SPEEDS, speed_category
+
+    C = len(predictions)
+    targets = [[_numpy(t) for t in clip] for clip in targets]
+    with_motion = all("motion_iou" in t for clip in targets for t in clip)
+    categories = [ALL_BOXES, *(str(s) for s in SPEEDS)] if with_motion else [ALL_BOXES]
+    found: dict[tuple[str, int], dict[str, list]] = {}
+    positives: dict[tuple[str, int], np.ndarray] = {}
+    for c, (clip_preds, clip_targets) in enumerate(zip(predictions, targets, strict=True)):
+        for pred, gt in zip(clip_preds, clip_targets, strict=True):
+            pred = _numpy(pred)
+            speed = speed_category(gt["motion_iou"]) if with_motion else None
+            is_positive = {cat: np.ones(len(gt["labels"]), bool) if cat == ALL_BOXES else speed == cat
+                           for cat in categories}
+            for label in np.union1d(gt["labels"], pred["labels"]).astype(np.int64):
+                det = np.flatnonzero(pred["labels"] == label)
+                det = det[np.argsort(-pred["scores"][det], kind="stable")][:max_detections]
+                det_boxes, det_scores = pred["boxes"][det].reshape(-1, 4), pred["scores"][det]
+                of_label = gt["labels"] == label
+                gt_boxes = gt["boxes"][of_label].reshape(-1, 4)
+                near = _near(det_boxes, gt_boxes)
+                for cat in categories:
+                    key, is_pos = (cat, int(label)), is_positive[cat][of_label]
+                    bucket = found.setdefault(key, {"scores": [], "outcome": [], "clip": []})
+                    bucket["scores"].append(det_scores)
+                    bucket["outcome"].append(_match_near(det_boxes, gt_boxes, is_pos, near))
+                    bucket["clip"].append(np.full(len(det), c))
+                    positives.setdefault(key, np.zeros(C))[c] += is_pos.sum()
+    curves = {
+        cat: tuple(
+            ClassCurve.from_detections(*(np.concatenate(found[key][f]) for f in ("scores", "outcome", "clip")),
+                                       positives[key])
+            for key in sorted(k for k in found if k[0] == cat) if positives[key].any())
+        for cat in categories
+    }
+    return DetectionTable(C, curves)
+
+
+def _concat_boxes(boxes: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-frame boxes ``[M_t, 4]`` -> ``[sum M_t, 4]``, in the dtype of the non-empty ones."""
+    boxes = [b.reshape(-1, 4) for b in boxes if b.size]
+    return np.concatenate(boxes) if boxes else np.zeros((0, 4))
+
+
+def _greedy_match(pair_rank: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, iou: np.ndarray,
+                  is_pos: np.ndarray, num_detections: int) -> np.ndarray:
+    """``tokbench.metrics._match`` of every (frame, class) group at once, in each of K categories: the P
+    (detection, box) pairs of a group at IoU >= 0.5, ``pair_det [P]``, ``pair_gt [P]`` and ``iou [P]``, sorted by
+    ``pair_rank [P]`` (the detection's rank by score in its group), then detection, then box; ``is_pos [K, G]``
+    -> outcome ``[K, N]`` (1 TP, 0 FP, -1 matched an ignored box).
+
+    Detections of one rank lie in different groups and never compete for a box, so one step per rank gives each
+    of them, per category, the free positive box of highest IoU (the first on ties), else the free ignored one.
+    """
+    outcome = np.zeros((len(is_pos), num_detections), dtype=np.int64)
+    taken = np.zeros(is_pos.shape, dtype=bool)  # [K, G]
+    bounds = np.append(np.flatnonzero(np.diff(pair_rank, prepend=-1)), len(pair_rank))
+    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+        det, gt, value = pair_det[low:high], pair_gt[low:high], iou[low:high]  # [n]
+        start = np.flatnonzero(np.diff(det, prepend=-1))  # [S] the first pair of each detection
+        size = np.diff(start, append=len(det))
+        tier = np.where(taken[:, gt], 0, np.where(is_pos[:, gt], 2, 1)).astype(np.int8)  # [K, n] 0 taken
+        best = np.maximum.reduceat(tier, start, axis=1)  # [K, S]
+        top = (tier == np.repeat(best, size, axis=1)) & (tier > 0)
+        top_iou = np.maximum.reduceat(np.where(top, value, -np.inf), start, axis=1)
+        top &= value == np.repeat(top_iou, size, axis=1)
+        first = np.minimum.reduceat(np.where(top, np.arange(len(det)), len(det)), start, axis=1)  # [K, S]
+        k, s = np.nonzero(best)
+        taken[k, gt[first[k, s]]] = True
+        outcome[k, det[start[s]]] = np.where(best[k, s] == 2, 1, -1)
+    return outcome
 
 
 def _near(det_boxes: np.ndarray, gt_boxes: np.ndarray, iou_thr: float = 0.5) -> np.ndarray:
