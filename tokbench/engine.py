@@ -421,8 +421,8 @@ class StreamingEngine:
         self, state: ClipState, block: int, seq: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Refresh the block's K/V buffer at the computed positions; return the full ``[B, H, N', Ch]`` K, V."""
-        if seq is None:
-            state.kv[block] = (k, v)
+        if seq is None:  # contiguous: later frames' attention reads the buffer without copying it
+            state.kv[block] = k, v = k.contiguous(), v.contiguous()
             return k, v
         kbuf, vbuf = state.kv[block]
         return scatter_tokens(kbuf, seq, k, dim=2), scatter_tokens(vbuf, seq, v, dim=2)

@@ -26,8 +26,11 @@ def fuse_heads(attn: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     """
     if mode == "mean":
         return attn.mean(dim=1)
-    if mode == "rms":
-        return attn.square().sum(dim=1).sqrt_().mul_(attn.shape[1] ** -0.5)  # 20x faster than vector_norm on CPU
+    if mode == "rms":  # one pass per head, no [B, H, Nq, Nk] temporary: 20x faster than vector_norm on CPU
+        fused = attn[:, 0] * attn[:, 0]
+        for h in range(1, attn.shape[1]):
+            fused.addcmul_(attn[:, h], attn[:, h])
+        return fused.sqrt_().mul_(attn.shape[1] ** -0.5)
     if mode == "max":
         return attn.amax(dim=1)
     if mode == "min":
@@ -79,7 +82,8 @@ def block_matrices(
         groups.setdefault(tuple(p.shape), []).append(i)
     mats: list[torch.Tensor] = [probs[0]] * len(probs)
     for (b, h, s, nk), members in groups.items():
-        stacked = torch.stack([probs[i] for i in members]).view(-1, h, s, nk)
+        stacked = probs[members[0]] if len(members) == 1 else torch.stack([probs[i] for i in members])
+        stacked = stacked.view(-1, h, s, nk)
         fused = fuse_heads(stacked, head_fusion).view(len(members), b, s, nk)
         rows = own[members[0]] if isinstance(own, (list, tuple)) else own
         fused = _residual_normalize_(fused, None if s == nk else rows)
