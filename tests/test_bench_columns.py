@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 import tokbench  # noqa: F401  (installs the torchvision shim before timm is imported)
 from tokbench.bench import comparison_columns
@@ -47,3 +48,20 @@ def test_the_bench_table_shows_the_comparison_columns_and_none_of_the_old_names(
     assert not {"overhead_ms", "overhead_pct", "block_slowdown"} & set(BENCH_COLUMNS)
     table = bench_table(pd.DataFrame([{"name": "rgtp keep=0.25", "method_ms": 4.0, "policy": "rgtp"}]))
     assert list(table.columns) == ["name", "method_ms"]
+
+
+def test_configurations_are_timed_frame_by_frame_each_with_its_own_state():
+    from tokbench.bench import Entry, _time_repeat
+
+    calls = []
+
+    def entry(name: str) -> Entry:
+        def step(frame, state):
+            state.append(int(frame))
+            calls.append((name, list(state)))
+            return "full"
+        return Entry(name, "dense", None, None, step, lambda clip: [])
+
+    out = _time_repeat([entry("a"), entry("b")], torch.arange(3).view(3, 1), torch.device("cpu"), 0)
+    assert calls == [("a", [0]), ("b", [0]), ("a", [0, 1]), ("b", [0, 1]), ("a", [0, 1, 2]), ("b", [0, 1, 2])]
+    assert [len(out[n][0]["full"]) for n in "ab"] == [3, 3]

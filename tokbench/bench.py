@@ -1,8 +1,9 @@
 """Wall-clock benchmark: do the FLOP savings turn into speed?
 
 Streaming latency is measured at batch 1 the way a video runs: frame t waits for frame t-1, state carries over,
-every step is timed on its own (``torch.cuda.synchronize`` around it on a GPU). Engines are interleaved
-round-robin, one clip each per repeat, so drift on a shared machine hits every row alike. Reported per row (the timed
+every step is timed on its own (``torch.cuda.synchronize`` around it on a GPU). Engines are interleaved frame by
+frame (each with its own state: frame t of every configuration runs before frame t + 1 of any), so drift on a
+shared machine hits every row alike, even within a clip. Reported per row (the timed
 frame kind is the pruned one where a policy prunes, else the full frame):
 
 - ``step_ms_median`` / ``step_ms_iqr``: median and IQR of the timed steps;
@@ -168,20 +169,23 @@ def run_bench(
     solves: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # the propagation's share of it
     done = _logged_clips(log, log_key, steps, parts, solves, repeats)
     for r in range(warmup + repeats):
-        for entry in entries:
-            if r >= warmup and (r - warmup, entry.name) in done:
-                continue
-            if on_progress:
-                on_progress(f"repeat {r + 1}/{warmup + repeats}: {entry.name}")
-            clip_steps, clip_parts, clip_solves = _time_clip(entry, clip, dev, r)
-            if r >= warmup:
-                for kind in clip_steps:
-                    steps[entry.name].setdefault(kind, []).extend(clip_steps[kind])
-                    parts[entry.name].setdefault(kind, []).extend(clip_parts[kind])
-                    solves[entry.name].setdefault(kind, []).extend(clip_solves[kind])
-                if write is not None:
-                    write({"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
-                           "timed_parts_ms": clip_parts, "propagation_ms": clip_solves})
+        todo = [e for e in entries if r < warmup or (r - warmup, e.name) not in done]
+        if not todo:
+            continue
+        if on_progress:
+            on_progress(f"repeat {r + 1}/{warmup + repeats}: {len(todo)} configurations, frame by frame")
+        timed = _time_repeat(todo, clip, dev, r)
+        if r < warmup:
+            continue
+        for entry in todo:
+            clip_steps, clip_parts, clip_solves = timed[entry.name]
+            for kind in clip_steps:
+                steps[entry.name].setdefault(kind, []).extend(clip_steps[kind])
+                parts[entry.name].setdefault(kind, []).extend(clip_parts[kind])
+                solves[entry.name].setdefault(kind, []).extend(clip_solves[kind])
+            if write is not None:
+                write({"key": log_key, "repeat": r - warmup, "entry": entry.name, "steps_ms": clip_steps,
+                       "timed_parts_ms": clip_parts, "propagation_ms": clip_solves})
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
     rows = _rows(loaded, entries, steps, parts, solves, throughput, repeats, frames, clip[0, :1], batch, base)
     return rows + [_failed_row(loaded, e) for e in failed]
@@ -193,30 +197,32 @@ def _failed_row(loaded: LoadedModel, entry: Entry) -> dict:
             "error": entry.job.error}
 
 
-def _time_clip(
-    entry: Entry, clip: torch.Tensor, dev: torch.device, index: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
-    """Run one clip ``[T, 1, 3, H, W]`` with fresh state (``index``: the repeat, seeding a random policy as clip
-    ``index``); per frame kind, the step times, the engine's timed parts (the sum of ``engine.timings``) and the
-    propagation's part of them (ms)."""
-    steps: dict[str, list[float]] = {}
-    parts: dict[str, list[float]] = {}
-    solves: dict[str, list[float]] = {}
-    state = entry.new_state(index)
+def _time_repeat(
+    entries: list[Entry], clip: torch.Tensor, dev: torch.device, index: int
+) -> dict[str, tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]]:
+    """Run one clip ``[T, 1, 3, H, W]`` through every entry with fresh state, frame by frame: frame t of every
+    entry runs before frame t + 1 of any, so drift on a shared machine lands on every entry alike (``index``: the
+    repeat, seeding a random policy as clip ``index``). Per entry and frame kind: the step times, the engine's
+    timed parts (the sum of ``engine.timings``) and the propagation's part of them (ms)."""
+    out = {e.name: ({}, {}, {}) for e in entries}
+    states = {e.name: e.new_state(index) for e in entries}
     for frame in clip:
+        for entry in entries:
+            steps, parts, solves = out[entry.name]
+            if entry.engine is not None:
+                entry.engine.timings = {}
+            _sync(dev)
+            start = time.perf_counter()
+            kind = entry.step(frame, states[entry.name])
+            _sync(dev)
+            steps.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
+            timings = entry.engine.timings if entry.engine is not None else {}
+            parts.setdefault(kind, []).append(sum(timings.values()) * 1000)
+            solves.setdefault(kind, []).append(timings.get("propagation", 0.0) * 1000)
+    for entry in entries:
         if entry.engine is not None:
-            entry.engine.timings = {}
-        _sync(dev)
-        start = time.perf_counter()
-        kind = entry.step(frame, state)
-        _sync(dev)
-        steps.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
-        timings = entry.engine.timings if entry.engine is not None else {}
-        parts.setdefault(kind, []).append(sum(timings.values()) * 1000)
-        solves.setdefault(kind, []).append(timings.get("propagation", 0.0) * 1000)
-    if entry.engine is not None:
-        entry.engine.timings = None
-    return steps, parts, solves
+            entry.engine.timings = None
+    return out
 
 
 def _logged_clips(
