@@ -142,10 +142,13 @@ def run_bench(
     log: Path | None = None,
     log_key: str = "",
     clip: torch.Tensor | None = None,
+    compile: bool = False,
 ) -> list[dict]:
     """Rows: timm (fused / explicit), tokbench dense, then each policy at each keep ratio.
 
     ``clip``: the timed engine steps ``[T, 1, C, H, W]`` (default: ``moving_clip`` of ``frames`` steps).
+    ``compile``: the method's own functions of every engine through ``torch.compile`` (``StreamingEngine.compile``);
+    their compilation falls in the warm-up clip, whose time each row reports (``warmup_clip_s``).
     ``log``: JSON-lines file of timed clips (see module docstring); lines of another ``log_key`` are ignored.
     """
     dev = torch.device(device)
@@ -161,9 +164,16 @@ def run_bench(
     if entries[2] in failed:
         raise TokbenchError(f"tokbench dense: {entries[2].job.error}")
     entries = [e for e in entries if e not in failed]
+    if compile:
+        if warmup < 1:
+            raise TokbenchError("--compile needs a warm-up clip (--warmup 1 or more): compilation happens there")
+        for entry in entries:
+            if entry.engine is not None:
+                entry.engine.compile()
     clip = (moving_clip(loaded, frames) if clip is None else clip).to(dev)
     frames = clip.shape[0]
     write = RecordWriter(log) if log is not None else None
+    warm: dict[str, float] = {}  # name -> seconds of the first warm-up clip (compilation included)
     steps: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # name -> kind -> step ms
     parts: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # all engine.timings ms per step
     solves: dict[str, dict[str, list[float]]] = {e.name: {} for e in entries}  # the propagation's share of it
@@ -176,6 +186,8 @@ def run_bench(
             on_progress(f"repeat {r + 1}/{warmup + repeats}: {len(todo)} configurations, frame by frame")
         timed = _time_repeat(todo, clip, dev, r)
         if r < warmup:
+            if r == 0:
+                warm = {name: sum(sum(v) for v in t[0].values()) / 1000 for name, t in timed.items()}
             continue
         for entry in todo:
             clip_steps, clip_parts, clip_solves = timed[entry.name]
@@ -188,6 +200,9 @@ def run_bench(
                        "timed_parts_ms": clip_parts, "propagation_ms": clip_solves})
     throughput = {e.name: _throughput(e, moving_clip(loaded, min(frames, 8), batch).to(dev), dev) for e in entries}
     rows = _rows(loaded, entries, steps, parts, solves, throughput, repeats, frames, clip[0, :1], batch, base)
+    for row, entry in zip(rows, entries, strict=True):
+        row["compiled"] = compile and entry.engine is not None
+        row["warmup_clip_s"] = round(warm[entry.name], 3) if entry.name in warm else None
     return rows + [_failed_row(loaded, e) for e in failed]
 
 

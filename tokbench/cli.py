@@ -431,6 +431,9 @@ def bench(
     batch: Annotated[int, typer.Option(min=1, help="Clips in lockstep for the throughput column.")] = 8,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the method's own functions (tracking, selection, rollout); the "
+        "compilation falls in the warm-up clip (warmup_clip_s).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of randomly initialised weights and the timed clip.")] = 0,
     data: Annotated[str | None, typer.Option(
         help="Time the first clip of this data (as --data of ablate) instead of a synthetic pan.")] = None,
@@ -479,11 +482,11 @@ def bench(
         log = out / "timings.jsonl"
         log_key = config_id({"model": loaded.describe(), "keeps": keeps, "policies": policies, "frames": frames,
                              "config": base.as_dict(), "device": device, "threads": torch.get_num_threads(),
-                             "data": data})
+                             "data": data} | ({"compile": True} if compile_ else {}))
     with err_console.status("timing") as status:
         rows = run_bench(loaded, keeps, policies, base=base, frames=frames, repeats=repeats, warmup=warmup,
                          batch=batch, device=device, on_progress=status.update, log=log, log_key=log_key or "",
-                         clip=clip)
+                         clip=clip, compile=compile_)
     if out:
         (out / "rows.csv").unlink(missing_ok=True)
         for row in rows:
@@ -491,10 +494,11 @@ def bench(
         write_meta(out, provenance(command="bench", experiment=experiment, model_info=loaded.describe(),
                                    device_requested=device,
                                    configuration=loaded.engine(base).resolved.as_dict(), keeps=keeps, frames=frames,
-                                   repeats=repeats))
+                                   repeats=repeats, compiled=compile_))
     steps = clip.shape[0] if clip is not None else frames
     title = (f"{model} at {loaded.img_size[0]}x{loaded.img_size[1]}, batch 1 streaming on {device} "
-             f"({torch.get_num_threads()} threads) on {data or 'a synthetic pan'}; medians over {repeats} clips x "
+             f"({torch.get_num_threads()} threads{', method compiled' if compile_ else ''}) on "
+             f"{data or 'a synthetic pan'}; medians over {repeats} clips x "
              f"{steps} steps; "
              "speed-up and GMACs ratio (fvcore) of the timed frame kind vs tokbench dense; method_ms: the pruned "
              "step minus grid's (else random's) at the same keep")

@@ -8,7 +8,7 @@ B clips in lockstep, N patches, P prefix tokens, N' = P + N, S = tokens in the s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -117,6 +117,23 @@ class FullFrame:
     output: torch.Tensor | None
 
 
+@dataclass
+class MethodOps:
+    """The method's own tensor functions (tracking, selection, rollout, heatmap): eager, or compiled by
+    ``StreamingEngine.compile``."""
+
+    track_scores: Callable = track_scores
+    rollout_keep_indices: Callable = rollout_keep_indices
+    block_matrices: Callable = block_matrices
+    shrinking_rollout: Callable = shrinking_rollout
+    propagate: Callable = propagate
+    patch_heatmap: Callable = patch_heatmap
+
+
+_COMPILED = ("track_scores", "block_matrices", "propagate", "patch_heatmap")  # faster compiled (``compile``)
+COMPILED_GRAPHS = 64  # dynamo graphs kept per function: frame kinds x engines (each window, budget) in one process
+
+
 # options that steer only pruned (and pattern-reset) frames: a full frame does not depend on them
 _PRUNED_FRAME_OPTIONS = frozenset({
     "policy", "keep_ratio", "fg_ratio", "bg_ratio", "order", "tie_break", "window", "similarity", "track_bounds",
@@ -160,6 +177,34 @@ class StreamingEngine:
         self.propagation = cfg.propagation
         self._check()
         self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds spent in select / rollout
+        self.ops = MethodOps()
+
+    def compile(self) -> None:
+        """Run the method's own tensor functions that gain from it through ``torch.compile`` (static shapes: one
+        graph per frame kind and shape, built at its first call, so the first frames of each kind take the
+        compile time). Measured on ViT-S at batch 1 (2 CPU threads): tracking 0.54 -> 0.34 ms, block matrices
+        0.59 -> 0.28 ms, heatmap 0.37 -> 0.29 ms; keep-index selection got slower (0.08 -> 0.20 ms) and the
+        shrinking rollout did not change, so those stay eager, as do the model's blocks (a compiled timm block
+        measured 1-3 % faster: its time is GEMMs)."""
+        import warnings
+
+        import torch._dynamo.config as dynamo
+
+        dynamo.recompile_limit = max(dynamo.recompile_limit, COMPILED_GRAPHS)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
+        warnings.filterwarnings("ignore", message=r".*functools\.lru_cache.*", category=UserWarning)
+        eager = MethodOps()
+        self.ops = MethodOps(**{name: torch.compile(getattr(eager, name), dynamic=False) if name in _COMPILED
+                                else getattr(eager, name) for name in vars(eager)})
+
+    @contextmanager
+    def eager(self) -> Iterator[None]:
+        """The method's functions eager for a while (tracing for FLOP counts reads the eager ops)."""
+        ops, self.ops = self.ops, MethodOps()
+        try:
+            yield
+        finally:
+            self.ops = ops
 
     def _check(self) -> None:
         """Refuse what this model and task cannot run (one-line ``ConfigError``s)."""
@@ -400,7 +445,7 @@ class StreamingEngine:
             cut = Cut(z, grid, n, state.memory, state.rngs, probs, self.vit.num_prefix, self.vit.has_class_token)
             return self.policy.select(cut), None
         prev, cur = (state.keys, keys) if cfg.track_features == "block0_keys" else (state.embed, z)
-        scores = track_scores(
+        scores = self.ops.track_scores(
             state.heatmap,
             prev,
             cur,
@@ -410,7 +455,7 @@ class StreamingEngine:
             bounds=cfg.track_bounds,
             min_gain_pct=cfg.min_gain_pct,
         )
-        keep = rollout_keep_indices(
+        keep = self.ops.rollout_keep_indices(
             scores, grid, cfg.keep_ratio, cfg.fg_ratio, cfg.bg_ratio, cfg.order, tie_break=cfg.tie_break
         )
         return keep, scores
@@ -465,20 +510,20 @@ class StreamingEngine:
             scores = self._rollout_pooled(state, attn, seqs, start, grid)
         else:
             own = [seqs[b] for b in attn]
-            mats = dict(zip(attn, block_matrices(list(attn.values()), cfg.head_fusion, own), strict=True))
+            mats = dict(zip(attn, self.ops.block_matrices(list(attn.values()), cfg.head_fusion, own), strict=True))
             if self.kv_reuse:
                 scores = self._rollout_buffered(state, mats, seqs, start)
             else:
-                scores = shrinking_rollout(mats, seq, start, cuts, cfg.block0_columns, cfg.rollout_form)
+                scores = self.ops.shrinking_rollout(mats, seq, start, cuts, cfg.block0_columns, cfg.rollout_form)
         previous = state.heatmap if kind == PRUNED else None
         feats = z if keys is None else keys
         args = (num_prefix, cfg.pruned_score_fill, cfg.rollout_norm)
-        heatmap, bad = patch_heatmap(scores, keep, feats, previous, *args)
+        heatmap, bad = self.ops.patch_heatmap(scores, keep, feats, previous, *args)
         if bad == 0 or scores.shape[0] == 1:
             return heatmap, [bool(bad)] * scores.shape[0]
         # rare: find which samples were replaced (patch_heatmap acts per sample, so slices give the same answer)
         one = [slice(b, b + 1) for b in range(scores.shape[0])]
-        return heatmap, [bool(patch_heatmap(scores[s], None if keep is None else keep[s], feats[s],
+        return heatmap, [bool(self.ops.patch_heatmap(scores[s], None if keep is None else keep[s], feats[s],
                                             None if previous is None else previous[s], *args)[1]) for s in one]
 
     def _rollout_buffered(
@@ -495,7 +540,7 @@ class StreamingEngine:
                 state.rows[block] = rows
             else:
                 scatter_tokens(state.rows[block], seqs[block], rows)
-        return propagate([state.rows[b] for b in mats], start, self.resolved.rollout_form)
+        return self.ops.propagate([state.rows[b] for b in mats], start, self.resolved.rollout_form)
 
     def _rollout_pooled(
         self,

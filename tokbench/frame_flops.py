@@ -80,7 +80,7 @@ def frame_costs(
     matching (work that only feeds the next frame) are not counted.
     """
     modules = [engine.vit.model] + [m for m in vars(engine.task).values() if isinstance(m, torch.nn.Module)]
-    with _frozen(modules):
+    with _frozen(modules), engine.eager():
         return _frame_costs(engine, frame, heatmap, kinds)
 
 
