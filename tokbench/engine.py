@@ -186,6 +186,7 @@ class StreamingEngine:
         0.59 -> 0.28 ms, heatmap 0.37 -> 0.29 ms; keep-index selection got slower (0.08 -> 0.20 ms) and the
         shrinking rollout did not change, so those stay eager, as do the model's blocks (a compiled timm block
         measured 1-3 % faster: its time is GEMMs)."""
+        import logging
         import warnings
 
         import torch._dynamo.config as dynamo
@@ -193,6 +194,7 @@ class StreamingEngine:
         dynamo.recompile_limit = max(dynamo.recompile_limit, COMPILED_GRAPHS)
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
         warnings.filterwarnings("ignore", message=r".*functools\.lru_cache.*", category=UserWarning)
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # the heatmap's degenerate count breaks the graph
         eager = MethodOps()
         self.ops = MethodOps(**{name: torch.compile(getattr(eager, name), dynamic=False) if name in _COMPILED
                                 else getattr(eager, name) for name in vars(eager)})
