@@ -3,16 +3,19 @@ the one its job writes run alone (timings aside), the reuse really happens, and 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from tests.test_lockstep import _clips, _strip, tiny_detector  # noqa: F401  (fixture)
+from tokbench import reuse
 from tokbench.config import MethodConfig
 from tokbench.engine import FullFrame
 from tokbench.jobs import resolve
 from tokbench.pipeline import run_pair, stream
 from tokbench.policies import POLICIES
-from tokbench.reuse import SharedFrames
+from tokbench.reuse import BUDGET_BYTES, SharedFrames
 
 
 def _configs() -> list[MethodConfig]:
@@ -55,6 +58,37 @@ def _frame(tag: float) -> FullFrame:
     return FullFrame(None, None, None, 2, None, (1, 2), t, None, {0: (t.clone(), t.clone())}, {}, {0: t.clone()}, t)
 
 
+def test_past_its_budget_the_store_keeps_frames_without_buffers():
+    store = SharedFrames(budget=1)
+    for key in ("a", "b"):
+        for buffers in (False, True, True):
+            store.expect(key, buffers)
+        assert store.take(key, False) is None
+    assert store.wanted("a") == (True, True)
+    store.put("a", _frame(1.0), 3.0, True)
+    assert store.held_bytes == 4 * 2 * 4  # k, v, rows and output: 2 float32 each
+    assert store.wanted("b") == (True, False)  # over budget: b is kept for its predictions only
+    store.put("b", dataclasses.replace(_frame(2.0), kv={}, rows={}, output=None), 3.0, False)
+    assert store.take("b", True) is None  # a pruning user finds no buffers: it runs the frame itself
+    assert store.take("a", True).frame.kv and store.take("a", True).own
+    assert store.held_bytes == 0 and len(store) == 1  # b waits for its last user
+
+
+def test_a_tiny_budget_changes_which_frames_are_reused_not_the_records(tiny_detector, monkeypatch):  # noqa: F811
+    data = _clips(2, frames=7, size=160)
+    jobs = [resolve(tiny_detector, c, 1, {}) for c in _configs()]
+    runs = {}
+    for budget in (BUDGET_BYTES, 1):
+        monkeypatch.setattr(reuse, "BUDGET_BYTES", budget)
+        out: dict = {}
+        stream(tiny_detector, data, jobs, range(2), clip_batch=2,
+               emit=lambda r, out=out: out.__setitem__((r["config_id"], r["clip"]), r))
+        runs[budget] = out
+    assert _strip(runs[1]) == _strip(runs[BUDGET_BYTES])
+    count = {b: sum(f["reused"] for r in out.values() for f in r["frames"]) for b, out in runs.items()}
+    assert 0 < count[1] < count[BUDGET_BYTES]
+
+
 def test_the_store_keeps_frames_only_for_the_users_still_to_come():
     store = SharedFrames()
     for buffers in (True, False, True):
@@ -62,12 +96,12 @@ def test_the_store_keeps_frames_only_for_the_users_still_to_come():
     assert store.take("k", True) is None  # the first user runs the frame
     assert store.wanted("k") == (True, True)
     frame = _frame(1.0)
-    store.put("k", frame, 12.0)
+    store.put("k", frame, 12.0, True)
     dense = store.take("k", False)
     assert dense.ms == 12.0 and not dense.own and dense.frame.kv  # buffers stay for the pruning user to come
     last = store.take("k", True)
     assert last.own and last.frame is frame and len(store) == 0
-    store.put("k", frame, 1.0)  # nobody is left to use it: not stored
+    store.put("k", frame, 1.0, True)  # nobody is left to use it: not stored
     assert len(store) == 0
 
 
@@ -76,11 +110,12 @@ def test_buffers_are_dropped_once_no_pruning_user_is_left():
     for buffers in (True, True, False):
         store.expect("k", buffers)
     store.take("k", True)
-    store.put("k", _frame(2.0), 5.0)
+    store.put("k", _frame(2.0), 5.0, True)
     pruning = store.take("k", True)
     assert pruning.own and pruning.frame.kv  # the last pruning user keeps the buffers ...
-    held = store._frames["k"][0]
+    held = store._frames["k"].frame
     assert held.kv == {} and held.rows == {} and held.output is None  # ... and the store lets them go
+    assert store.held_bytes == 0
     assert store.take("k", False).frame.heatmap is None and len(store) == 0
 
 

@@ -351,7 +351,7 @@ def run_batch(loaded: LoadedModel, engine, clips: list, indices: list[int], samp
             step_ms = (time.perf_counter() - start) * 1000 / b_size
             wanted, buffers = shared.wanted(key) if key else (False, False)
             if wanted:
-                shared.put(key, engine.snapshot(state, rec, buffers), step_ms * b_size)
+                shared.put(key, engine.snapshot(state, rec, buffers), step_ms * b_size, buffers)
         for b, clip in enumerate(clips):
             frames[b].append(frame_row(clip.clip_id, i, rec, step_ms, b, b_size, reused is not None))
         preds.append((i, rec.predictions))
