@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 import torch
+from test_lockstep import _clips, _strip, tiny_detector  # noqa: F401  (fixture)
 
-from tests.test_lockstep import _clips, _strip, tiny_detector  # noqa: F401  (fixture)
 from tokbench import reuse
 from tokbench.config import MethodConfig
 from tokbench.engine import FullFrame
