@@ -206,20 +206,19 @@ def mean_keys(model, frame, block):
 
 
 @pytest.mark.parametrize("features,prune_block", [("patch_embed", 0), ("block0_keys", 0), ("block0_keys", 1)])
-def test_tracking_matches_the_chosen_features(monkeypatch, features, prune_block):
-    import tokbench.engine as engine_module
-
+def test_tracking_matches_the_chosen_features(features, prune_block):
     seen = []
-    track = engine_module.track_scores
+    model, clip = tiny_vit(), frames(3)
+    config = MethodConfig(keep_ratio=0.25, reset_every=0, track_features=features, prune_block=prune_block)
+    engine = StreamingEngine(model, config, ClassificationTask())
+    track = engine.ops.track_scores
 
     def spy(scores, prev, cur, *args, **kw):
         seen.append((prev.clone(), cur.clone()))
         return track(scores, prev, cur, *args, **kw)
 
-    monkeypatch.setattr(engine_module, "track_scores", spy)
-    model, clip = tiny_vit(), frames(3)
-    config = MethodConfig(keep_ratio=0.25, reset_every=0, track_features=features, prune_block=prune_block)
-    StreamingEngine(model, config, ClassificationTask()).run_clip(clip)
+    engine.ops.track_scores = spy
+    engine.run_clip(clip)
     with torch.no_grad():
         expected = [model.patch_embed(f) if features == "patch_embed" else mean_keys(model, f, prune_block)
                     for f in clip]
