@@ -290,9 +290,12 @@ class StreamingEngine:
         engine had run it at ``t = state.t``: the record, and the state it leaves (``own``: the last user, which
         may keep the snapshot's buffers instead of copying them)."""
         copy = (lambda t: t) if own else torch.clone
-        state.kv = {b: (copy(k), copy(v)) for b, (k, v) in frame.kv.items()}
-        state.queries = {b: copy(q) for b, q in frame.queries.items()}
-        state.rows = {b: copy(r) for b, r in frame.rows.items()}
+        if self.prunes:
+            state.kv = {b: (copy(k), copy(v)) for b, (k, v) in frame.kv.items()}
+            state.queries = {b: copy(q) for b, q in frame.queries.items()}
+            state.rows = {b: copy(r) for b, r in frame.rows.items()}
+        else:  # every frame of this engine runs every token: nothing will read the buffers
+            state.kv, state.queries, state.rows = {}, {}, {}
         state.output = frame.output
         record = FrameRecord(
             t=state.t, kind=self.kind(state.t), kept=None, num_kept=frame.num_patches, num_patches=frame.num_patches,
