@@ -180,7 +180,9 @@ def stream(
     every per-clip draw has its own generator, so a clip's record equals its record run alone (timings aside).
     A record's ``step_ms`` is the batched step's time divided by the batch size, given as ``clip_batch``.
     Each batch is read once; per sampling the dense job runs first where the others' fidelity needs its outputs
-    on these clips (``FIDELITY_IN_MEMORY``; rerun, unrecorded, if its record is already done). A job whose batch
+    on these clips (``FIDELITY_IN_MEMORY``; rerun, unrecorded, if its record is already done). A frame that runs
+    every token is computed once per batch and reused by every job with the same full-frame signature, at any
+    sampling (``tokbench.reuse``; records are unchanged, frames carry ``reused``). A job whose batch
     fails reruns those clips one at a time, so the error lands on the clip that raised it; a job that fails on
     a clip emits an error record and runs on no further clip (``strict``: the exception propagates instead).
     """
